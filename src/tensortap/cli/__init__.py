@@ -1,0 +1,1 @@
+"""The ``tensortap`` command: thin wrappers over the Python API."""

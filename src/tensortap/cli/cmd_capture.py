@@ -1,0 +1,62 @@
+"""``tensortap capture``: run a model folder under capture."""
+
+from __future__ import annotations
+
+from tensortap.capture.config import build_config
+from tensortap.cli.common import add_command, console, parse_steps
+from tensortap.errors import TensortapError
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "capture", "Run a model folder (transformers or vLLM) on prompts and capture its tensors.",
+        "tensortap capture ./tiny-llama --out runs/a --prompt 'Paris is the capital of' "
+        "--max-new-tokens 3 --modules 'layers\\.1\\.' lm_head --steps 0,1",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a local HF-format model folder")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
+                   help="a prompt (repeat for a batch); default: two built-in prompts")
+    p.add_argument("--max-new-tokens", type=int, default=3)
+    p.add_argument("--config", help="capture config: inline JSON or a JSON/YAML file")
+    p.add_argument("--modules", nargs="+", metavar="REGEX", help="module name regexes (optional :i call suffix)")
+    p.add_argument("--layers", help="decoder layer indices, e.g. 0,1")
+    p.add_argument("--steps", help="steps to record, e.g. 0,1 or 0-3")
+    p.add_argument("--skip-steps", type=int, help="skip this many first steps")
+    p.add_argument("--roles", nargs="+", choices=["inputs", "outputs"])
+    p.add_argument("--max-numel", type=int, help="keep only stats for tensors with more elements")
+    p.add_argument("--mode", choices=["full", "stats"])
+    p.add_argument("--dtype", help="load the model in this dtype (float32, bfloat16, float16)")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="error if a planned module never fired")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an existing run in --out")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.max_new_tokens < 1:
+        raise TensortapError("--max-new-tokens must be >= 1")
+    cfg = build_config(
+        args.config, source="--config", out=args.out, modules=args.modules,
+        layers=parse_steps(args.layers), steps=parse_steps(args.steps), skip_steps=args.skip_steps,
+        roles=args.roles, max_numel=args.max_numel, mode=args.mode, strict=args.strict,
+        overwrite=args.overwrite,
+    )
+    if args.engine == "hf":
+        from tensortap.integrations.hf import capture_generate
+    else:
+        from tensortap.integrations.vllm.offline import capture_generate
+    result = capture_generate(args.model_dir, cfg, prompts=args.prompts,
+                              max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+    from tensortap.api import open as open_run
+
+    run_ = open_run(result["run"])
+    for i, text in enumerate(result["texts"]):
+        console.print(f"[bold]prompt {i}[/bold] → {text!r}", highlight=False)
+    console.print(f"captured {len(run_)} records over {len(run_.steps())} step(s) into "
+                  f"[bold]{run_.path}[/bold] ({run_.status})", highlight=False)
+    for w in run_.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    return 0 if run_.status == "complete" else 2

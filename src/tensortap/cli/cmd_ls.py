@@ -1,0 +1,37 @@
+"""``tensortap ls``: list the records of a run."""
+
+from __future__ import annotations
+
+import json
+
+from tensortap.api import open as open_run
+from tensortap.cli.common import add_command, console
+from tensortap.report.records import record_summary, records_table
+
+
+def register(sub) -> None:
+    p = add_command(sub, "ls", "List the records of a run (module, step, call, role, path, shape, stats).",
+                    "tensortap ls runs/a --module 'layers\\.1\\.mlp' --step 0")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--module", metavar="REGEX", help="only modules matching this regex")
+    p.add_argument("--step", type=int)
+    p.add_argument("--role", choices=["input", "output"])
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--limit", type=int, default=0, help="show at most N rows in the table (0: all)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    r = open_run(args.run)
+    recs = r.records(module=args.module, step=args.step, role=args.role)
+    if args.json:
+        print(json.dumps([record_summary(x) for x in recs], indent=1))
+        return 0
+    shown = recs[: args.limit] if args.limit > 0 else recs
+    console.print(records_table(shown, title=f"{r.path} — {r.status}"))
+    more = f" (showing {len(shown)})" if len(shown) < len(recs) else ""
+    console.print(f"{len(recs)} record(s){more}; steps {r.steps()}; status {r.status}"
+                  + (f" ({r.reason})" if r.reason else ""), highlight=False)
+    for w in r.warnings + r.problems + r.notes:
+        console.print(f"[yellow]note:[/yellow] {w}", highlight=False)
+    return 0

@@ -1,0 +1,1 @@
+"""Engine adapters. The only layer that imports transformers or vLLM."""
