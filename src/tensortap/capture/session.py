@@ -117,6 +117,8 @@ class CaptureSession:
         self._want_outputs = "outputs" in config.roles
         self._devices = set(config.devices) if config.devices else None
         self.step_listeners: list[Callable[[int], None]] = []
+        self.step_gate: Callable[[], bool] | None = None
+        """Engine adapters set this to exclude forwards (warm-up, dummy runs) from step counting."""
 
     # -- public -------------------------------------------------------------------
     @property
@@ -263,6 +265,9 @@ class CaptureSession:
             self._handles.append(p.module.register_forward_hook(self._make_post(p), with_kwargs=True))
 
     def _root_pre(self, module: nn.Module, args: tuple) -> None:
+        if self.step_gate is not None and not self._gate_allows():
+            self._step_wanted = False
+            return
         self._step += 1
         self.steps_seen += 1
         self._calls.clear()
@@ -273,6 +278,13 @@ class CaptureSession:
                 listener(self._step)
             except Exception as e:  # noqa: BLE001
                 self.fail(f"step listener failed: {type(e).__name__}: {e}")
+
+    def _gate_allows(self) -> bool:
+        try:
+            return bool(self.step_gate())
+        except Exception as e:  # noqa: BLE001
+            self.fail(f"step gate failed: {type(e).__name__}: {e}")
+            return False
 
     def _make_pre(self, p: PlannedModule):
         name = p.name
