@@ -1,0 +1,220 @@
+"""Anchors: names that mean the same tensor in two engines, and how to build them from records.
+
+An engine adapter (tensortap.integrations.anchors) turns a run's raw records into
+AnchorPoints: per step, which records make an anchor (summed, optionally sliced on the
+last dimension) and how its rows map to tokens. This module evaluates them and lines
+up rows by ``(request, position)`` using the run's token tables. It knows no engine.
+
+Vocabulary (decoder-only transformers):
+``embed``; per layer ``i``: ``layers.i.resid_pre`` (residual stream entering the layer),
+``attn_in`` (normed input of attention), ``q``, ``k``, ``v``, ``attn_out`` (attention
+output after o_proj), ``resid_mid`` (resid_pre + attn_out), ``mlp_in`` (normed),
+``gate``, ``up``, ``mlp_out``, ``resid_post`` (resid_mid + mlp_out); ``final_norm``;
+``logits``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from tensortap.store.reader import Run
+from tensortap.store.record import Record
+
+LAYER_ANCHORS = ("resid_pre", "attn_in", "q", "k", "v", "attn_out", "resid_mid",
+                 "mlp_in", "gate", "up", "mlp_out", "resid_post")
+
+
+def anchor_order_key(name: str) -> tuple:
+    """Model order: embed, layers in index order and sublayer order, final_norm, logits."""
+    if name == "embed":
+        return (0, 0, 0)
+    if name.startswith("layers."):
+        _, idx, sub = name.split(".", 2)
+        return (1, int(idx), LAYER_ANCHORS.index(sub) if sub in LAYER_ANCHORS else 99)
+    return (2, 0 if name == "final_norm" else 1, 0)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One raw record of a step, by module/role/path (call 0 unless given)."""
+
+    module: str
+    role: str
+    path: str
+    call: int = 0
+
+    def __str__(self) -> str:
+        p = f".{self.path}" if self.path else ""
+        return f"{self.module}.{self.role}{p}"
+
+
+@dataclass(frozen=True)
+class AnchorExpr:
+    """``sum(terms)[..., start:stop]``; ``rows`` says how rows map to tokens:
+    ``tokens`` (one row per token-table row) or ``last`` (one row per request, its last token)."""
+
+    terms: tuple[Ref, ...]
+    start: int | None = None
+    stop: int | None = None
+    rows: str = "tokens"
+
+    def describe(self) -> str:
+        s = " + ".join(str(t) for t in self.terms)
+        if self.start is not None or self.stop is not None:
+            s += f"[..., {self.start or 0}:{self.stop if self.stop is not None else ''}]"
+        return s
+
+
+@dataclass
+class AnchorSet:
+    """What an adapter established for one run."""
+
+    engine: str
+    points: dict[tuple[int, str], AnchorExpr] = field(default_factory=dict)
+    """(step, anchor) -> expression."""
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """anchor (or pattern) -> why this engine's run cannot provide it."""
+
+    def anchors(self) -> list[str]:
+        return sorted({a for _, a in self.points}, key=anchor_order_key)
+
+    def steps(self) -> list[int]:
+        return sorted({s for s, _ in self.points})
+
+
+class RecordIndex:
+    """Fast lookup of a run's records by (step, module, call, role, path)."""
+
+    def __init__(self, run: Run, rank: int = 0) -> None:
+        self.run = run
+        self.by_key: dict[tuple, Record] = {r.key: r for r in run.records(rank=rank)}
+
+    def get(self, step: int, ref: Ref) -> Record | None:
+        return self.by_key.get((step, ref.module, ref.call, ref.role, ref.path))
+
+    def has(self, step: int, ref: Ref) -> bool:
+        rec = self.get(step, ref)
+        return rec is not None and rec.has_data
+
+
+def evaluate(index: RecordIndex, step: int, expr: AnchorExpr) -> torch.Tensor | None:
+    """The anchor's tensor (float64) at ``step``, or None when a term has no data."""
+    total = None
+    for ref in expr.terms:
+        rec = index.get(step, ref)
+        if rec is None or not rec.has_data:
+            return None
+        t = index.run.load(rec).to(torch.float64)
+        total = t if total is None else total + t
+    if expr.start is not None or expr.stop is not None:
+        total = total[..., expr.start:expr.stop]
+    return total
+
+
+TokenKey = tuple[int, int]
+
+
+def row_keys_for_shape(table: dict | None, shape: tuple[int, ...], rows: str
+                       ) -> tuple[int, list[TokenKey | None]] | None:
+    """Name each row of a tensor of ``shape``: ``(n_rows, [(request, position) or None])``.
+
+    ``rows="tokens"``: the leading dims are the token table's ``batch_shape`` (or, for
+    transformers' logits over the last k columns only, ``[B, k]``). ``rows="last"``: one
+    row per request, in order of first appearance, keyed by its last position (vLLM's
+    logits). Padding rows are None. None when the shape does not fit the table.
+    """
+    if not isinstance(table, dict):
+        return None
+    req = table.get("request") or []
+    pos = table.get("position") or []
+    batch = [int(x) for x in table.get("batch_shape") or [len(req)]]
+    keys = [(r, p) if r >= 0 else None for r, p in zip(req, pos)]
+    if rows == "last":
+        last: dict[int, int] = {}
+        for k in keys:
+            if k is not None:
+                last[k[0]] = max(last.get(k[0], -1), k[1])
+        if not shape or shape[0] != len(last):
+            return None
+        return len(last), list(last.items())
+    if list(shape[: len(batch)]) == batch:
+        return len(keys), keys
+    if len(batch) == 2 and len(shape) >= 3 and shape[0] == batch[0] and shape[1] < batch[1]:
+        k = shape[1]
+        cols = [keys[b * batch[1] + c] for b in range(batch[0]) for c in range(batch[1] - k, batch[1])]
+        return len(cols), cols
+    return None
+
+
+def row_keys(run: Run, step: int, tensor: torch.Tensor, rows: str, rank: int = 0
+             ) -> tuple[torch.Tensor, list[TokenKey | None]] | None:
+    """Reshape ``tensor`` to ``[rows, features]`` with each row's token key (see row_keys_for_shape)."""
+    named = row_keys_for_shape(run.tokens(step, rank), tuple(tensor.shape), rows)
+    if named is None:
+        return None
+    n, keys = named
+    return tensor.reshape(n, -1), keys
+
+
+def token_matrix(index: RecordIndex, set_: AnchorSet, anchor: str, rank: int = 0
+                 ) -> dict[TokenKey, tuple[int, torch.Tensor]]:
+    """Every token's vector for one anchor, across all steps: ``key -> (step, row)``.
+
+    A token is computed once (prefill or decode), so aligning by token rather than by
+    step makes runs with different scheduling (chunked prefill, batching) comparable.
+    """
+    out: dict[TokenKey, tuple[int, torch.Tensor]] = {}
+    for (step, a), expr in sorted(set_.points.items()):
+        if a != anchor:
+            continue
+        t = evaluate(index, step, expr)
+        if t is None:
+            continue
+        rk = row_keys(index.run, step, t, expr.rows, rank)
+        if rk is None:
+            continue
+        mat, keys = rk
+        for i, key in enumerate(keys):
+            if key is not None and key not in out:
+                out[key] = (step, mat[i])
+    return out
+
+
+@dataclass
+class IdentityCheck:
+    """Result of checking e.g. ``resid_mid == resid_pre + attn_out`` on one engine's records."""
+
+    engine: str
+    identity: str
+    step: int
+    rel_err: float
+    ok: bool
+
+
+def check_identities(index: RecordIndex, set_: AnchorSet, tol: float = 1e-4) -> list[IdentityCheck]:
+    """Verify the residual-stream identities on one run's own records."""
+    rules: list[tuple[str, str, str]] = []
+    layers = sorted({int(a.split(".")[1]) for _, a in set_.points if a.startswith("layers.")})
+    for i in layers:
+        p = f"layers.{i}."
+        rules.append((p + "resid_mid", p + "resid_pre", p + "attn_out"))
+        rules.append((p + "resid_post", p + "resid_mid", p + "mlp_out"))
+    out = []
+    for step in set_.steps():
+        for total, a, b in rules:
+            exprs = [set_.points.get((step, n)) for n in (total, a, b)]
+            if any(e is None for e in exprs):
+                continue
+            ts = [evaluate(index, step, e) for e in exprs]
+            if any(t is None for t in ts) or ts[0].shape != ts[1].shape or ts[1].shape != ts[2].shape:
+                continue
+            denom = float(ts[0].norm()) or 1.0
+            err = float((ts[0] - ts[1] - ts[2]).norm()) / denom
+            out.append(IdentityCheck(set_.engine, f"{total} == {a} + {b}", step, err, err <= tol))
+    return out
+
+
+AdapterFn = Callable[[Run, RecordIndex], AnchorSet]
