@@ -48,7 +48,15 @@ def capture(
     return CaptureSession(model, cfg)
 
 
-def open(path: str | Path) -> Run:  # noqa: A001 - mirrors tt.open in the design contract
-    """Open a run directory (complete or incomplete) for reading."""
-    return Run(path)
+def open(path: str | Path, format: str | None = None, trust_pickle: bool = False) -> Run:  # noqa: A001,A002
+    """Open a run for reading: a tensortap run directory or another tool's dump.
+
+    The layout is detected (``format`` forces one of ``tensortap.store.importers.FORMATS``:
+    native, vllm-il, pass-dump, sglang-dumper, hf-debugger). Dumps made of ``.pt`` files
+    are read with ``torch.load(weights_only=True)``; ``trust_pickle=True`` allows
+    arbitrary pickles (which can run code) and is for dumps from a trusted source only.
+    """
+    from tensortap.store.importers.detect import open_any
+
+    return open_any(path, format=format, trust_pickle=trust_pickle)
 

@@ -21,3 +21,21 @@ class RunFormatError(TensortapError):
 
 class CorruptRecordError(RunFormatError):
     """A record's data is missing or does not match its checksum."""
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+    """``text`` made safe for a one-line terminal message.
+
+    Names in hostile runs can hold newlines or terminal escape sequences; control
+    characters are shown as escapes (``\\n``, ``\\x1b``) so a message stays one line and
+    cannot drive the terminal. Very long messages are cut at ``limit`` characters.
+    """
+    out = []
+    for ch in str(text):
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code < 0xA0 or ch in "\u2028\u2029":
+            out.append(repr(ch)[1:-1])
+        else:
+            out.append(ch)
+    s = "".join(out)
+    return s if len(s) <= limit else s[:limit] + "…"

@@ -29,6 +29,7 @@ ALIASES = {
 }
 
 _CALL_SUFFIX = re.compile(r"^(.*):(\d+)$")
+MAX_FLUSH_INTERVAL = 86400.0
 
 
 class ModuleFilter(BaseModel):
@@ -48,7 +49,9 @@ def parse_module_filter(spec: str) -> ModuleFilter:
     pattern, call = (m.group(1), int(m.group(2))) if m else (spec, None)
     try:
         re.compile(pattern)
-    except re.error as e:
+    except (re.error, OverflowError, RecursionError) as e:
+        # OverflowError: a repeat count past the engine's limit (a{4294967296});
+        # RecursionError: parentheses nested thousands deep.
         raise ConfigError(f"invalid module regex {pattern!r}: {e}") from None
     return ModuleFilter(pattern=pattern, call=call)
 
@@ -118,8 +121,10 @@ class CaptureConfig(BaseModel):
     @field_validator("flush_interval")
     @classmethod
     def _positive_interval(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError("must be > 0 seconds")
+        # It is the crash-loss window, so it must be a real number of seconds; inf or
+        # 1e300 would also overflow the writer thread's timed wait.
+        if not 0 < v <= MAX_FLUSH_INTERVAL:
+            raise ValueError(f"must be > 0 and <= {MAX_FLUSH_INTERVAL:g} seconds")
         return v
 
     @field_validator("shard_bytes", "pending_bytes")
@@ -160,25 +165,30 @@ def _normalize_keys(d: dict[str, Any], source: str) -> dict[str, Any]:
 def _load_text(spec: str, source: str) -> dict[str, Any]:
     text = spec.strip()
     if not text.startswith("{"):
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{source}: {spec!r} is neither inline JSON nor a readable file")
-        text = path.read_text()
+        try:
+            path = Path(spec).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{source}: {spec!r:.200} is neither inline JSON nor a readable file")
+            text = path.read_text()
+        except (OSError, RuntimeError, ValueError) as e:
+            # RuntimeError: "~user" with no such user; OSError: a name too long;
+            # ValueError: a NUL in the name, or a file that is not UTF-8 text.
+            raise ConfigError(f"{source}: cannot read config {spec!r:.200}: {e}") from None
         source = str(path)
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
             try:
                 data = yaml.safe_load(text)
-            except yaml.YAMLError as e:
+            except (yaml.YAMLError, RecursionError) as e:
                 raise ConfigError(f"{source}: invalid YAML: {str(e).splitlines()[0]}") from None
             if not isinstance(data, dict):
                 raise ConfigError(f"{source}: config must be a mapping")
             return data
     try:
         data = json.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"{source}: invalid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{source}: invalid JSON: {e or 'nested too deeply'}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: config must be a JSON object")
     return data

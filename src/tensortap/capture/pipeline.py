@@ -1,28 +1,73 @@
 """The background writer: a bounded hand-off from hooks to disk.
 
-Hooks copy a tensor (alias safety) and submit it; this thread computes statistics and
-checksums, batches many records into one shard, and commits on a timer
-(``flush_interval``), when a batch reaches ``shard_bytes``, and on flush/close. Copies
-not yet on disk are bounded by ``pending_bytes``: when the budget is full, a submit
-waits (``on_full="block"``) or is dropped and counted (``"drop"``).
+Three stages, each on its own thread, so copying, computing and waiting for the disk
+overlap (the model keeps running while earlier records are summarised and written):
+
+1. the hook (the model's thread) reserves room in the pending-bytes budget and copies the
+   tensor there (alias safety): ``submit_tensor``;
+2. the writer thread computes float64 statistics, the CRC32 and (stats mode) the sketch,
+   and groups records into batches: ``_loop``;
+3. the disk thread writes each batch as one safetensors shard under a temporary name,
+   frees its copies, fsyncs, renames, and appends the manifest lines: ``_disk_loop``.
+
+Commits happen on a timer (``flush_interval``, the crash-loss window), when a batch
+reaches its size limit, early when the disk is idle (``COMMIT_BYTES``), and on
+flush/close. Copies not yet on disk are bounded by ``pending_bytes``: when the budget is
+full, a hook waits (``on_full="block"``) or its record is dropped and counted
+(``"drop"``). The budget is reserved *before* the copy is made, so a dropped record costs
+no copy and memory never exceeds the budget (one record larger than the whole budget is
+let through alone, when nothing else is pending).
+
+CPU tensors are copied into a ring of host memory the size of the budget
+(``hostbuf.HostRing``); CUDA tensors are cloned on their stream and copied to pinned
+host memory on a side stream (``_CudaCopier``), with no device synchronisation in the
+hook: the writer waits on the copy's event.
 
 An error here (disk full, an unstorable value) never propagates to the observed
 program: the pipeline records it, drops what is pending, and refuses further work.
 """
-
 from __future__ import annotations
 
+import ctypes
 import errno
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from tensortap.store.sketch import sketch
+from tensortap.capture.hostbuf import HostRing, Slot
+from tensortap.store.sketch import CountSketch, finish
 from tensortap.store.stats import checksum, tensor_stats
 from tensortap.store.writer import RankWriter
+
+COMMIT_BYTES = 32 * 2**20
+"""A batch is committed early, once it holds this much data, if no older shard is still
+waiting for its fsync: disk I/O then starts while the model runs instead of all at flush.
+While the disk is busy, batches grow up to ``shard_bytes`` (or half the budget), so a
+sustained stream pays few fsyncs. Measured in bench/RESULTS.md."""
+
+
+MAX_HANDED = 2
+"""Batches handed to the disk thread and not yet published, at most."""
+
+_STOP = object()
+
+
+def _one_intra_op_thread() -> None:
+    """Run the calling thread's torch ops on one core, leaving the others to the model.
+
+    ``torch.set_num_threads`` would change the process-wide default (and every thread
+    created later); OpenMP's own setting is per thread. torch applies its default to a
+    thread on first use, so that is triggered first. Without OpenMP this does nothing.
+    """
+    try:
+        torch.get_num_threads()
+        ctypes.CDLL(None).omp_set_num_threads(1)
+    except (AttributeError, OSError, TypeError):
+        pass
 
 
 def describe_write_error(e: BaseException) -> str:
@@ -31,6 +76,48 @@ def describe_write_error(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno == errno.EDQUOT:
         return "disk quota exceeded"
     return f"write failed: {type(e).__name__}: {e}"
+
+
+@dataclass
+class _Item:
+    """One queued record (or token table) and what its copy holds."""
+
+    rec: dict[str, Any]
+    tensor: torch.Tensor | None = None
+    store: bool = False
+    nbytes: int = 0
+    slot: Slot | None = None
+    event: Any = None
+    """A CUDA event the copy completes at (None for CPU copies)."""
+    tokens: bool = False
+
+
+class _CudaCopier:
+    """Device-to-host copies without a device sync in the hook (cannot be tested on CPU-only CI).
+
+    The tensor is first cloned on its own (current) stream, so kernels queued later on that
+    stream, which may update it in place, cannot change what is saved; the clone is then
+    copied into pinned host memory (torch's caching host allocator reuses those blocks) on a
+    side stream, and an event marks when the host copy is complete.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[torch.device, Any] = {}
+
+    def copy(self, t: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        dev = t.device
+        side = self._streams.get(dev)
+        if side is None:
+            side = self._streams[dev] = torch.cuda.Stream(device=dev)
+        src = t.detach().clone(memory_format=torch.contiguous_format)
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            host.copy_(src, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(side)
+        src.record_stream(side)  # the clone's memory is not reused before the copy ends
+        return host, event
 
 
 class WriterPipeline:
@@ -49,6 +136,9 @@ class WriterPipeline:
         self.flush_interval = flush_interval
         self.shard_bytes = shard_bytes
         self.pending_budget = pending_budget
+        # Half the budget at most: the hooks can fill the other half while a batch commits.
+        self.max_batch = max(1, min(shard_bytes, pending_budget // 2))
+        self.commit_bytes = min(COMMIT_BYTES, self.max_batch)
         self.on_full = on_full
         self.with_sketch = with_sketch
         self.error: str | None = None
@@ -56,40 +146,120 @@ class WriterPipeline:
         self.peak_pending = 0
         self.dropped = 0
         self.dropped_bytes = 0
-        self._queue: deque = deque()
+        self._ring = HostRing(pending_budget)
+        self._cuda: _CudaCopier | None = None
+        self._queue: deque[_Item] = deque()
         self._cv = threading.Condition()
         self._flush_requested = 0
         self._flush_done = 0
+        self._waiting = 0
+        """Hooks blocked on the budget: the writer commits at once rather than on its timer."""
         self._closing = False
+        self._disk_queue: deque[Any] = deque()
+        """Batches, flush markers (ints) and _STOP, for the disk thread, in order."""
+        self._handed = 0
+        """Batches in ``_disk_queue`` or being written: the disk is busy while non-zero."""
+        self._ring.map()
+        self._disk = threading.Thread(target=self._disk_run, name="tensortap-disk", daemon=True)
+        self._disk.start()
         self._thread = threading.Thread(target=self._run, name="tensortap-writer", daemon=True)
         self._thread.start()
 
     # -- producer side (hook threads) ---------------------------------------------
+    def submit_tensor(self, rec: dict[str, Any], value: torch.Tensor, store: bool) -> bool:
+        """Copy ``value`` now (within the budget) and hand the copy over.
+
+        Returns False when the record was dropped (budget full with ``on_full="drop"``)
+        or the pipeline has failed; nothing is copied then.
+        """
+        nbytes = value.numel() * value.element_size()
+        on_cuda = value.is_cuda
+        slot = self._reserve(nbytes, use_ring=value.device.type == "cpu" and nbytes > 0)
+        if slot is False:
+            return False
+        try:
+            event = None
+            if isinstance(slot, Slot):
+                copy = slot.buf.view(value.dtype).view(value.shape)
+                copy.copy_(value.detach())
+            elif on_cuda:
+                if self._cuda is None:
+                    self._cuda = _CudaCopier()
+                copy, event = self._cuda.copy(value)
+            else:
+                copy = torch.empty(value.shape, dtype=value.dtype, device="cpu")
+                copy.copy_(value.detach())
+        except BaseException:
+            self._unreserve(slot, nbytes)
+            raise
+        return self._enqueue(_Item(rec, copy, store, nbytes, slot if isinstance(slot, Slot) else None, event))
+
     def submit(self, rec: dict[str, Any], tensor: torch.Tensor | None, store: bool, nbytes: int = 0) -> bool:
-        """Hand one record over. Returns False when it was dropped (budget full or failed)."""
+        """Hand over a record whose tensor (if any) is already a private copy.
+
+        Returns False when it was dropped (budget full or failed).
+        """
+        if nbytes and self._reserve(nbytes, use_ring=False) is False:
+            return False
+        return self._enqueue(_Item(rec, tensor, store, nbytes))
+
+    def _reserve(self, nbytes: int, use_ring: bool) -> Slot | bool:
+        """Take ``nbytes`` of the budget: a ring slot, True (budget only), or False (refused)."""
         with self._cv:
-            if self.error is not None or self._closing:
-                return False
-            if nbytes and self.pending and self.pending + nbytes > self.pending_budget:
+            while True:
+                if self.error is not None or self._closing:
+                    return False
+                over = self.pending and self.pending + nbytes > self.pending_budget
+                if use_ring:
+                    # The ring bounds its own slots; ``over`` covers an oversized record
+                    # held outside it, which must stay alone within the budget.
+                    slot = None if over else self._ring.alloc(nbytes)
+                    if slot is not None:
+                        break
+                    if self._ring.failed:
+                        use_ring = False
+                        continue
+                    fits_never = nbytes > self.pending_budget
+                    if fits_never and self.pending == 0:
+                        slot = True  # a single oversized record, allocated on its own
+                        break
+                elif not over:
+                    slot = True
+                    break
                 if self.on_full == "drop":
                     self.dropped += 1
                     self.dropped_bytes += nbytes
                     return False
-                while (self.pending and self.pending + nbytes > self.pending_budget
-                       and self.error is None):
+                self._waiting += 1
+                self._cv.notify_all()
+                try:
                     self._cv.wait(0.5)
-                if self.error is not None:
-                    return False
+                finally:
+                    self._waiting -= 1
             self.pending += nbytes
             self.peak_pending = max(self.peak_pending, self.pending)
-            self._queue.append(("rec", rec, tensor, store, nbytes))
+            return slot
+
+    def _unreserve(self, slot: Slot | bool, nbytes: int) -> None:
+        with self._cv:
+            if isinstance(slot, Slot):
+                self._ring.release(slot)
+            self.pending = max(0, self.pending - nbytes)
+            self._cv.notify_all()
+
+    def _enqueue(self, item: _Item) -> bool:
+        with self._cv:
+            if self.error is not None or self._closing:
+                self._release_locked([item])
+                return False
+            self._queue.append(item)
             self._cv.notify_all()
         return True
 
     def submit_tokens(self, entry: dict[str, Any]) -> None:
         with self._cv:
             if self.error is None and not self._closing:
-                self._queue.append(("tokens", entry, None, False, 0))
+                self._queue.append(_Item(entry, tokens=True))
                 self._cv.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -99,7 +269,8 @@ class WriterPipeline:
             target = self._flush_requested
             self._cv.notify_all()
             return self._cv.wait_for(
-                lambda: self._flush_done >= target or self.error is not None or not self._thread.is_alive(),
+                lambda: (self._flush_done >= target or self.error is not None
+                         or not self._thread.is_alive() or not self._disk.is_alive()),
                 timeout,
             )
 
@@ -109,82 +280,193 @@ class WriterPipeline:
             self._closing = True
             self._cv.notify_all()
         self._thread.join(timeout)
+        self._disk.join(timeout)
         try:
             self.writer.close()
         except OSError as e:
             self._set_error(e)
+        if not self._thread.is_alive():
+            with self._cv:
+                self._queue.clear()
+                self._ring.close()
 
     # -- consumer side (writer thread) ---------------------------------------------
-    def _set_error(self, e: BaseException) -> None:
+    def _release_locked(self, items: list[_Item]) -> None:
+        freed = 0
+        for it in items:
+            if it.slot is not None:
+                self._ring.release(it.slot)
+                it.slot = None
+            freed += it.nbytes
+            it.nbytes = 0
+            it.tensor = None
+        if freed:
+            self.pending = max(0, self.pending - freed)
+            self._cv.notify_all()
+
+    def _release(self, items: list[_Item]) -> None:
+        with self._cv:
+            self._release_locked(items)
+
+    def _set_error(self, e: BaseException | str) -> None:
         with self._cv:
             if self.error is None:
-                self.error = describe_write_error(e)
+                self.error = e if isinstance(e, str) else describe_write_error(e)
             self._queue.clear()
+            self._ring.reset()
             self.pending = 0
             self._cv.notify_all()
 
+    def _prepare(self, it: _Item) -> None:
+        """Statistics, checksum and (stats mode) sketch of one record, in the writer thread."""
+        t = it.tensor
+        if t is None:
+            return
+        if it.event is not None:
+            it.event.synchronize()  # the device-to-host copy has landed
+        if self.with_sketch and not it.store:
+            sk = CountSketch()
+            it.rec["stats"] = tensor_stats(t, on_piece=sk.update).to_json()
+            sketch = finish(sk, t)
+            if sketch is not None:
+                it.rec["sketch"] = list(sketch)
+        else:
+            it.rec["stats"] = tensor_stats(t).to_json()
+        if it.store:
+            it.rec["checksum"] = checksum(t)
+
+    def _hand_off(self, batch: list[_Item]) -> None:
+        """Queue a prepared batch for the disk thread, which writes and publishes it."""
+        with self._cv:
+            # Back-pressure: at most MAX_HANDED batches wait for the disk, so a slow disk
+            # slows the writer (and, through the budget, the hooks) instead of piling up.
+            while self._handed >= MAX_HANDED and self.error is None:
+                self._cv.wait(0.5)
+            if self.error is None:
+                self._disk_queue.append(batch)
+                self._handed += 1
+                self._cv.notify_all()
+                return
+        self._release(batch)
+
     def _run(self) -> None:
-        batch: list[tuple[dict, torch.Tensor | None]] = []
+        # Whatever escapes the loop (a bug, an interpreter error) must still be reported:
+        # a writer thread that dies silently would leave hooks queueing into nothing,
+        # blocked forever on the memory budget, and the run marked complete but empty.
+        try:
+            _one_intra_op_thread()  # statistics must not compete with the model's threads
+            self._loop()
+        except BaseException as e:  # noqa: BLE001 - the observed program must survive
+            self._set_error(f"writer thread crashed: {type(e).__name__}: {e}")
+        finally:
+            with self._cv:
+                self._disk_queue.append(_STOP)
+                self._cv.notify_all()
+
+    def _loop(self) -> None:
+        batch: list[_Item] = []
         batch_bytes = 0
         batch_started = 0.0
+        marked = 0
         while True:
+            self._ring.populate_ahead()
             with self._cv:
-                while not self._queue and not self._closing and self._flush_requested == self._flush_done:
+                while (not self._queue and not self._closing and not (self._waiting and batch)
+                       and self._flush_requested == marked
+                       and not (batch_bytes >= self.commit_bytes and not self._handed)):
                     timeout = None
                     if batch:
                         timeout = max(0.0, batch_started + self.flush_interval - time.monotonic())
                         if timeout == 0.0:
                             break
+                        # Condition.wait overflows past TIMEOUT_MAX (an enormous interval).
+                        timeout = min(timeout, threading.TIMEOUT_MAX)
                     self._cv.wait(timeout)
                 items = list(self._queue)
                 self._queue.clear()
                 flush_target = self._flush_requested
                 closing = self._closing
             try:
-                freed = 0
-                for kind, rec, tensor, store, nbytes in items:
-                    if kind == "tokens":
-                        self.writer.append_tokens(rec)
+                done: list[_Item] = []
+                for it in items:
+                    if it.tokens:
+                        self.writer.append_tokens(it.rec)
                         continue
-                    if tensor is not None:
-                        rec["stats"] = tensor_stats(tensor).to_json()
-                        if store:
-                            rec["checksum"] = checksum(tensor)
-                        elif self.with_sketch:
-                            rec["sketch"] = list(sketch(tensor))
+                    self._ring.populate_ahead()  # keep fresh pages ahead of the hooks' copies
+                    self._prepare(it)
                     if not batch:
                         batch_started = time.monotonic()
-                    batch.append((rec, tensor if store else None))
-                    if store:
-                        batch_bytes += nbytes
+                    batch.append(it)
+                    if it.store:
+                        batch_bytes += it.nbytes
                     else:
-                        freed += nbytes
-                if freed:
-                    with self._cv:
-                        self.pending = max(0, self.pending - freed)
-                        self._cv.notify_all()
+                        done.append(it)  # stats computed: its copy is no longer needed
+                    # Checked per record, not once per wake-up: a writer that fell behind
+                    # takes many records at once, and must still cut shards at their size
+                    # and commit the oldest records within about flush_interval.
+                    if (batch_bytes >= self.max_batch
+                            or (batch_bytes >= self.commit_bytes and not self._handed)
+                            or time.monotonic() >= batch_started + self.flush_interval):
+                        self._release(done)
+                        done = []
+                        self._hand_off(batch)
+                        batch, batch_bytes = [], 0
+                self._release(done)
                 due = batch and (
-                    batch_bytes >= self.shard_bytes
-                    or time.monotonic() >= batch_started + self.flush_interval
-                    or flush_target > self._flush_done or closing
+                    time.monotonic() >= batch_started + self.flush_interval
+                    or flush_target > marked or closing or self._waiting
+                    or (batch_bytes >= self.commit_bytes and not self._handed)
                 )
                 if due:
-                    self.writer.commit(batch)
-                    batch, committed, batch_bytes = [], batch_bytes, 0
-                    with self._cv:
-                        self.pending = max(0, self.pending - committed)
-                        self._cv.notify_all()
+                    self._hand_off(batch)
+                    batch, batch_bytes = [], 0
             except BaseException as e:  # noqa: BLE001 - the observed program must survive
                 batch, batch_bytes = [], 0
                 self._set_error(e)
             with self._cv:
-                if not batch and not self._queue:
-                    self._flush_done = max(self._flush_done, flush_target)
+                if not batch and not self._queue and flush_target > marked:
+                    marked = flush_target
+                    self._disk_queue.append(flush_target)
                     self._cv.notify_all()
-                if closing and not self._queue and not batch:
-                    return
                 if self.error is not None:
                     self._flush_done = self._flush_requested
+                    marked = self._flush_requested
                     self._cv.notify_all()
-                    if closing:
-                        return
+                if closing and not self._queue and (not batch or self.error is not None):
+                    return
+
+    # -- disk thread: shard write, fsync, rename, manifest append, in batch order ---------
+    def _disk_run(self) -> None:
+        try:
+            self._disk_loop()
+        except BaseException as e:  # noqa: BLE001 - the observed program must survive
+            self._set_error(f"writer thread crashed: {type(e).__name__}: {e}")
+
+    def _disk_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._disk_queue:
+                    self._cv.wait()
+                entry = self._disk_queue.popleft()
+            if entry is _STOP:
+                return
+            if isinstance(entry, int):  # a flush marker: everything before it is published
+                with self._cv:
+                    self._flush_done = max(self._flush_done, entry)
+                    self._cv.notify_all()
+                continue
+            staged = None
+            try:
+                if self.error is None:
+                    staged = self.writer.stage([(it.rec, it.tensor if it.store else None) for it in entry])
+                    self._release(entry)  # the data is in the page cache now
+                    if staged is not None:
+                        self.writer.publish(staged)
+            except BaseException as e:  # noqa: BLE001 - the observed program must survive
+                if staged is not None:
+                    self.writer.discard(staged)
+                self._set_error(e)
+            with self._cv:
+                self._release_locked(entry)
+                self._handed -= 1
+                self._cv.notify_all()

@@ -40,8 +40,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """Create the run folder; refuse to mix runs or delete anything that is not a run."""
+def check_out_dir(out: Path, overwrite: bool) -> bool:
+    """Raise ConfigError if ``out`` cannot become a run folder; True if an old run must
+    be replaced. Touches nothing, so callers can check before loading a large model."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output path {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
@@ -50,6 +51,13 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
                               "choose another path or pass --overwrite (overwrite=True)")
         if not (out / fmt.RUN_JSON).exists():
             raise ConfigError(f"refusing to overwrite {out}: it is not a tensortap run (no run.json)")
+        return True
+    return False
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Create the run folder; refuse to mix runs or delete anything that is not a run."""
+    if check_out_dir(out, overwrite):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -119,6 +127,8 @@ class CaptureSession:
         self.step_listeners: list[Callable[[int], None]] = []
         self.step_gate: Callable[[], bool] | None = None
         """Engine adapters set this to exclude forwards (warm-up, dummy runs) from step counting."""
+        self.parallel_extra: dict[str, Any] = {}
+        """Engine adapters add their layout here (tp_rank, tp_size, pp_rank, pp_size) for run.json."""
 
     # -- public -------------------------------------------------------------------
     @property
@@ -202,6 +212,11 @@ class CaptureSession:
             raise TensortapError(f"strict capture: {len(never)} planned module(s) never fired: "
                                  + ", ".join(never[:10]))
 
+    def set_next_step(self, step: int) -> None:
+        """Number the next root forward ``step`` (replays that skip steps keep the
+        reference's numbering)."""
+        self._step = step - 1
+
     def flush(self, timeout: float | None = None) -> None:
         """Block until every record captured so far is durable."""
         if self._pipeline is not None:
@@ -238,7 +253,7 @@ class CaptureSession:
             "model": model_description(self.model),
             "engine": self.engine or {"name": "torch"},
             "capture": self.config.model_dump(mode="json", exclude={"overwrite"}),
-            "parallel": {"rank": self.rank, "world_size": self.world_size},
+            "parallel": {"rank": self.rank, "world_size": self.world_size, **self.parallel_extra},
             "status": status,
             "reason": reason,
             "warnings": list(self.warnings),
@@ -361,14 +376,7 @@ class CaptureSession:
             store = False
             rec["extra"] = {"skipped": f"numel {value.numel()} > max_numel {self.config.max_numel}"}
         rec["kind"] = "tensor" if store else "stats"
-        copy = self._copy(value)
-        if pipeline.submit(rec, copy, store, copy.numel() * copy.element_size()):
+        # The pipeline copies the tensor now (into budgeted, pooled memory), so later
+        # in-place kernels cannot change what is saved.
+        if pipeline.submit_tensor(rec, value, store):
             self.records += 1
-
-    @staticmethod
-    def _copy(t: torch.Tensor) -> torch.Tensor:
-        """A contiguous CPU copy taken now, so later in-place kernels cannot change it."""
-        t = t.detach()
-        out = torch.empty(t.shape, dtype=t.dtype, device="cpu")
-        out.copy_(t)
-        return out

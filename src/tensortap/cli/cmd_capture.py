@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tensortap.capture.config import build_config
+from tensortap.capture.session import check_out_dir
 from tensortap.cli.common import add_command, console, parse_steps
 from tensortap.errors import TensortapError
 
@@ -44,6 +47,8 @@ def run(args) -> int:
         roles=args.roles, max_numel=args.max_numel, mode=args.mode, strict=args.strict,
         overwrite=args.overwrite,
     )
+    # Fail before loading the model (which can take minutes) if --out is unusable.
+    check_out_dir(Path(cfg.out), cfg.overwrite)
     if args.engine == "hf":
         from tensortap.integrations.hf import capture_generate
     else:

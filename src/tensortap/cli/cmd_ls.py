@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
-from tensortap.api import open as open_run
+from rich.markup import escape
+
 from tensortap.cli.common import add_command, console
+from tensortap.cli.sources import add_open_options, open_source
+from tensortap.errors import one_line
 from tensortap.report.records import record_summary, records_table
 
 
@@ -18,20 +21,23 @@ def register(sub) -> None:
     p.add_argument("--role", choices=["input", "output"])
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.add_argument("--limit", type=int, default=0, help="show at most N rows in the table (0: all)")
+    add_open_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    r = open_run(args.run)
+    r = open_source(args.run, args)
     recs = r.records(module=args.module, step=args.step, role=args.role)
     if args.json:
         print(json.dumps([record_summary(x) for x in recs], indent=1))
         return 0
     shown = recs[: args.limit] if args.limit > 0 else recs
-    console.print(records_table(shown, title=f"{r.path} — {r.status}"))
+    # Paths, reasons and warnings come from the user or from run.json (possibly hostile):
+    # escape rich markup and control characters before printing them.
+    console.print(records_table(shown, title=escape(one_line(f"{r.path} — {r.status}"))))
     more = f" (showing {len(shown)})" if len(shown) < len(recs) else ""
     console.print(f"{len(recs)} record(s){more}; steps {r.steps()}; status {r.status}"
-                  + (f" ({r.reason})" if r.reason else ""), highlight=False)
+                  + (f" ({escape(one_line(r.reason))})" if r.reason else ""), highlight=False)
     for w in r.warnings + r.problems + r.notes:
-        console.print(f"[yellow]note:[/yellow] {w}", highlight=False)
+        console.print(f"[yellow]note:[/yellow] {escape(one_line(w))}", highlight=False)
     return 0

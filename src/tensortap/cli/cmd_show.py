@@ -6,10 +6,11 @@ import re
 
 import torch
 from rich.panel import Panel
+from rich.text import Text
 
-from tensortap.api import open as open_run
 from tensortap.cli.common import add_command, console
-from tensortap.errors import TensortapError
+from tensortap.cli.sources import add_open_options, open_source
+from tensortap.errors import TensortapError, one_line
 from tensortap.report.records import fmt_num
 
 
@@ -23,11 +24,12 @@ def register(sub) -> None:
     p.add_argument("--role", choices=["input", "output"])
     p.add_argument("--path", help="exact path inside the arguments/outputs")
     p.add_argument("--items", type=int, default=8, help="values to preview per tensor")
+    add_open_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    r = open_run(args.run)
+    r = open_source(args.run, args)
     recs = r.records(module=f"^{re.escape(args.module)}$", step=args.step, call=args.call, role=args.role)
     if args.path is not None:
         recs = [x for x in recs if x.path == args.path]
@@ -52,13 +54,17 @@ def run(args) -> int:
             lines.append(f"first {len(flat)} values: [{vals}{', …' if t.numel() > len(flat) else ''}]")
         for key, val in (rec.extra or {}).items():
             lines.append(f"{key}: {val}")
-        console.print(Panel("\n".join(lines), title=rec.label, title_align="left"), highlight=False)
+        # Text, not markup: values, extras and names in a run may hold "[...]" or control codes.
+        body = Text("\n".join(one_line(line) for line in lines))
+        console.print(Panel(body, title=Text(rec.label), title_align="left"), highlight=False)
     steps = sorted({x.step for x in recs})
     for s in steps[:3]:
         tok = r.tokens(s, recs[0].rank)
         if tok:
-            rows = list(zip(tok.get("request", []), tok.get("position", [])))
-            console.print(f"step {s} tokens ({tok.get('layout')}, shape {tok.get('batch_shape')}): "
-                          f"(request, position) per row {rows[:16]}{' …' if len(rows) > 16 else ''}",
-                          highlight=False)
+            req, pos = tok.get("request"), tok.get("position")
+            rows = list(zip(req, pos)) if isinstance(req, list) and isinstance(pos, list) else []
+            console.print(Text(one_line(
+                f"step {s} tokens ({tok.get('layout')}, shape {tok.get('batch_shape')}): "
+                f"(request, position) per row {rows[:16]}{' …' if len(rows) > 16 else ''}")),
+                highlight=False)
     return 0

@@ -14,7 +14,7 @@ import traceback
 
 from tensortap import __version__
 from tensortap.cli.common import EXIT_USAGE, HelpFormatter
-from tensortap.errors import TensortapError
+from tensortap.errors import TensortapError, one_line
 
 # Each module defines register(subparsers) and sets a `func(args) -> int` default.
 COMMAND_MODULES = [
@@ -22,6 +22,10 @@ COMMAND_MODULES = [
     "tensortap.cli.cmd_ls",
     "tensortap.cli.cmd_show",
     "tensortap.cli.cmd_demo",
+    "tensortap.cli.cmd_convert",
+    "tensortap.cli.cmd_verify",
+    "tensortap.cli.cmd_diff",
+    "tensortap.cli.cmd_localize",
 ]
 
 
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except TensortapError as e:
         if debug:
             traceback.print_exc()
-        print(f"tensortap: error: {e}", file=sys.stderr)
+        print(f"tensortap: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("tensortap: interrupted", file=sys.stderr)
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - last resort: still one line, exit 2
         if debug:
             traceback.print_exc()
-        print(f"tensortap: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)",
+        print(f"tensortap: internal error: {type(e).__name__}: {one_line(str(e))} (rerun with --debug for a traceback)",
               file=sys.stderr)
         return EXIT_USAGE
 

@@ -26,9 +26,16 @@ def load_model(model_dir: str | Path, dtype: str | None = None):
         raise TensortapError(f"{path}: not a model folder (no config.json)")
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype:
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise TensortapError(f"unknown dtype {dtype!r}; use e.g. float32, bfloat16, float16")
         kwargs["dtype"] = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad folder
+        # A broken or foreign folder is bad input, not a tensortap bug: one line, exit 2.
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise TensortapError(f"{path}: cannot load the model ({type(e).__name__}: {first[:300]})") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -7,6 +7,7 @@ from typing import Any, Iterable
 from rich.table import Table
 from rich.text import Text
 
+from tensortap.errors import one_line
 from tensortap.store.record import Record
 
 
@@ -49,8 +50,9 @@ def records_table(records: Iterable[Record], title: str | None = None) -> Table:
         else:
             dtype = (rec.dtype or "-") + ("" if rec.kind == "tensor" else " (stats)")
         table.add_row(
-            Text(rec.module or "<root>"), str(rec.step), str(rec.call), rec.role, Text(rec.path or "-"),
-            shape, Text(dtype), fmt_num(st.absmax if st else None), fmt_num(st.mean if st else None),
+            # one_line: names from a run may hold control codes (terminal escapes).
+            Text(one_line(rec.module or "<root>")), str(rec.step), str(rec.call), rec.role,
+            Text(one_line(rec.path or "-")), shape, Text(one_line(dtype)), fmt_num(st.absmax if st else None), fmt_num(st.mean if st else None),
             Text(bad, style="bold red" if st and (st.nan or st.inf) else ""),
         )
     return table

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-import zlib
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
 from safetensors import safe_open
 
-from tensortap.errors import CorruptRecordError, RunFormatError
+from tensortap.errors import CorruptRecordError, RunFormatError, one_line
 from tensortap.store import format as fmt
 from tensortap.store.jsonio import read_json_file
 from tensortap.store.record import Record, TensorStats
-from tensortap.store.stats import tensor_bytes_view
+from tensortap.store.stats import checksum
 
 _ROLES = ("input", "output")
 _KINDS = ("tensor", "stats", "value")
@@ -72,7 +72,11 @@ def record_from_json(d: Any, rank: int) -> Record:
     if sketch is not None:
         if not isinstance(sketch, list) or not all(isinstance(x, (int, float)) for x in sketch):
             raise ValueError("sketch must be a list of numbers")
-        sketch = tuple(float(x) for x in sketch)
+        try:
+            sketch = tuple(float(x) for x in sketch)
+        except OverflowError:
+            # JSON integers are unbounded; float() of a 400-digit one overflows.
+            raise ValueError("sketch holds a number too large for a float") from None
     extra = d.get("extra") or {}
     if not isinstance(extra, dict):
         raise ValueError("extra must be an object")
@@ -91,8 +95,50 @@ def _compile(pattern: str | None, what: str) -> re.Pattern | None:
         return None
     try:
         return re.compile(pattern)
-    except re.error as e:
+    except (re.error, OverflowError, RecursionError) as e:
+        # OverflowError: a repeat count such as a{4294967296}; RecursionError: deep nesting.
         raise RunFormatError(f"invalid {what} regex {pattern!r}: {e}") from None
+
+
+@dataclass
+class ManifestRead:
+    """What one rank's manifest holds: parsed records, unreadable lines, a torn tail."""
+
+    records: list[Record] = field(default_factory=list)
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)
+    """``(line number, why)`` for every complete line that is not a valid record."""
+    torn_bytes: int = 0
+    """Length of an unterminated last line (a write cut short by a crash), 0 if none."""
+    error: str | None = None
+    """Why the file could not be read at all (it is a directory, permissions...)."""
+
+
+def read_manifest(path: Path, rank: int) -> ManifestRead:
+    """Parse one manifest.jsonl. Never raises for bad content: every problem is reported.
+
+    Only lines ending in a newline count: the writer appends whole lines, so an
+    unterminated last line is a write a crash cut short and is ignored, not served.
+    """
+    out = ManifestRead()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        out.error = f"{path}: unreadable manifest ({e.strerror or e})"
+        return out
+    lines = data.split(b"\n")
+    torn = lines.pop() if lines else b""
+    if torn.strip():
+        out.torn_bytes = len(torn)
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.records.append(record_from_json(json.loads(line), rank))
+        except (ValueError, TypeError, OverflowError, RecursionError) as e:
+            # RecursionError: deeply nested JSON; ValueError covers bad UTF-8 and
+            # integers over Python's digit limit.
+            out.bad_lines.append((i, one_line(str(e) or type(e).__name__, 300)))
+    return out
 
 
 class Run:
@@ -114,13 +160,16 @@ class Run:
                                  "capture one with `tensortap capture` or tt.capture")
         try:
             info = read_json_file(info_path)
-        except (OSError, ValueError) as e:
-            raise RunFormatError(f"{info_path}: unreadable run.json ({e})") from None
+        except (OSError, ValueError, RecursionError) as e:
+            raise RunFormatError(f"{info_path}: unreadable run.json ({one_line(str(e), 200)})") from None
         if not isinstance(info, dict):
             raise RunFormatError(f"{info_path}: run.json is not a JSON object")
         version = info.get("format_version")
         if not isinstance(version, int) or isinstance(version, bool):
             raise RunFormatError(f"{info_path}: missing or invalid format_version")
+        if version < 1:
+            raise RunFormatError(f"{info_path}: unknown format version {version} "
+                                 f"(this tensortap reads 1 to {fmt.FORMAT_VERSION})")
         if version > fmt.FORMAT_VERSION:
             raise RunFormatError(
                 f"{info_path}: format version {version} is newer than this tensortap reads "
@@ -156,10 +205,10 @@ class Run:
 
     @property
     def warnings(self) -> list[str]:
-        out = [str(w) for w in self.info.get("warnings", []) if isinstance(w, str)]
+        out = [w for w in _str_list(self.info.get("warnings"))]
         for r, st in self.rank_status().items():
-            for w in st.get("warnings", []) or []:
-                if isinstance(w, str) and w not in out:
+            for w in _str_list(st.get("warnings")):
+                if w not in out:
                     out.append(w)
         return out
 
@@ -172,7 +221,7 @@ class Run:
                 out[r] = st if isinstance(st, dict) else {"status": "incomplete", "reason": "bad status.json"}
             except FileNotFoundError:
                 out[r] = {"status": "incomplete", "reason": "rank did not finish (no status.json)"}
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 out[r] = {"status": "incomplete", "reason": "unreadable status.json"}
         return out
 
@@ -185,18 +234,13 @@ class Run:
             mpath = fmt.rank_dir(self.path, r) / fmt.MANIFEST
             if not mpath.exists():
                 continue
-            data = mpath.read_bytes()
-            lines = data.split(b"\n")
-            torn = lines.pop() if lines else b""
-            if torn.strip():
-                self.notes.append(f"rank {r}: ignored a torn last manifest line ({len(torn)} bytes)")
-            for i, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(record_from_json(json.loads(line), r))
-                except (ValueError, TypeError, RecursionError) as e:
-                    self.problems.append(f"{mpath}:{i}: {e}")
+            got = read_manifest(mpath, r)
+            if got.error:
+                self.problems.append(got.error)
+            if got.torn_bytes:
+                self.notes.append(f"rank {r}: ignored a torn last manifest line ({got.torn_bytes} bytes)")
+            self.problems.extend(f"{mpath}:{i}: {why}" for i, why in got.bad_lines)
+            records.extend(got.records)
         records.sort(key=lambda rec: (rec.rank, rec.seq))
         self._records = records
         return records
@@ -254,7 +298,8 @@ class Run:
             try:
                 h = safe_open(str(p), framework="pt", device="cpu")
             except Exception as e:  # safetensors raises its own error types
-                raise CorruptRecordError(f"{p}: unreadable shard ({e})") from None
+                # Its messages can quote header text, which a hostile file controls.
+                raise CorruptRecordError(f"{p}: unreadable shard ({one_line(str(e), 300)})") from None
             self._handles[key] = h
         return h
 
@@ -270,18 +315,18 @@ class Run:
         if not rec.has_data:
             why = "a non-tensor value" if rec.kind == "value" else "statistics only (no tensor data)"
             raise RunFormatError(f"record {rec.label} holds {why}")
-        where = f"{self.shard_path(rec)} tensor {rec.tensor} (record {rec.label})"
+        where = f"{self.shard_path(rec)} tensor {one_line(str(rec.tensor), 200)} (record {rec.label})"
         h = self._handle(rec.rank, rec.shard)
         try:
             t = h.get_tensor(rec.tensor)
         except Exception as e:
-            raise CorruptRecordError(f"{where}: cannot read tensor ({e})") from None
+            raise CorruptRecordError(f"{where}: cannot read tensor ({one_line(str(e), 300)})") from None
         if rec.shape is not None and tuple(t.shape) != tuple(rec.shape):
             raise CorruptRecordError(f"{where}: shape {tuple(t.shape)} != manifest {rec.shape}")
         if rec.dtype is not None and str(t.dtype).removeprefix("torch.") != rec.dtype:
             raise CorruptRecordError(f"{where}: dtype {t.dtype} != manifest {rec.dtype}")
         if verify and rec.checksum:
-            got = f"crc32:{zlib.crc32(tensor_bytes_view(t)) & 0xFFFFFFFF:08x}"
+            got = checksum(t)  # the writer's own CRC32 (ISA-L's when installed: same values)
             if got != rec.checksum:
                 raise CorruptRecordError(f"{where}: checksum mismatch ({got} != {rec.checksum})")
         return t
@@ -295,10 +340,14 @@ class Run:
                 p = fmt.rank_dir(self.path, r) / fmt.TOKENS
                 if not p.exists():
                     continue
-                for line in p.read_bytes().split(b"\n"):
+                try:
+                    data = p.read_bytes()
+                except OSError:
+                    continue
+                for line in data.split(b"\n"):
                     try:
                         e = json.loads(line)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         continue
                     if isinstance(e, dict) and isinstance(e.get("step"), int):
                         self._tokens[(r, e["step"])] = e
@@ -309,6 +358,11 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.status!r})"
+
+
+def _str_list(value: Any) -> list[str]:
+    """The strings of a JSON list; anything else (a hostile run.json) gives none."""
+    return [w for w in value if isinstance(w, str)] if isinstance(value, list) else []
 
 
 def open_run(path: str | Path) -> Run:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tensortap.errors import one_line
+
 
 @dataclass(frozen=True)
 class TensorStats:
@@ -80,10 +82,14 @@ class Record:
 
     @property
     def label(self) -> str:
-        """A short human name: ``module[call].role.path@step``."""
+        """A short human name: ``module[call].role.path@step``.
+
+        Control characters in names are shown as escapes: labels go into one-line
+        messages, and a hostile run must not be able to split them or drive a terminal.
+        """
         path = f".{self.path}" if self.path else ""
         name = self.module or "<root>"
-        return f"{name}[{self.call}].{self.role}{path}@{self.step}"
+        return one_line(f"{name}[{self.call}].{self.role}{path}@{self.step}", 500)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {

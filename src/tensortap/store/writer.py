@@ -4,20 +4,38 @@ Durability order (the crash contract, docs/reliability.md): a shard is written u
 temporary name, fsynced and renamed into place; only then are its manifest lines
 appended and fsynced. A reader therefore never sees a manifest line whose shard is
 missing, unless the disk itself lies.
+
+A commit that fails (disk full, a path taken) is rolled back: the temporary shard is
+removed, and if the manifest append failed part-way the manifest is cut back to its
+previous length and the new shard removed. The run stays consistent, and the space
+freed lets the session still write its final "incomplete: disk full" status.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from safetensors.torch import save_file
 
 from tensortap.store import format as fmt
 from tensortap.store.jsonio import atomic_write_json, fsync_dir
+from tensortap.store.shardio import write_shard
+
+
+@dataclass
+class StagedCommit:
+    """A shard written under its temporary name, with the manifest lines that will follow it."""
+
+    lines: bytes
+    records: int
+    tmp: Path | None = None
+    final: Path | None = None
+    nbytes: int = 0
 
 
 class RankWriter:
@@ -34,7 +52,10 @@ class RankWriter:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.durable = durable
         self._next_shard = self._first_free_shard()
-        self._manifest = open(self.dir / fmt.MANIFEST, "ab")
+        mpath = self.dir / fmt.MANIFEST
+        _drop_torn_tail(mpath)
+        # Unbuffered: each commit is one explicit write loop whose failure can be undone.
+        self._manifest = open(mpath, "ab", buffering=0)
         self._tokens = None
         self.bytes_written = 0
         self.records_written = 0
@@ -50,9 +71,19 @@ class RankWriter:
         Each entry is ``(record_json, tensor_or_None)``; ``record_json`` gets its
         ``shard``/``tensor`` fields filled in here. Returns the bytes of tensor data written.
         """
+        staged = self.stage(entries)
+        return 0 if staged is None else self.publish(staged)
+
+    def stage(self, entries: Iterable[tuple[dict[str, Any], torch.Tensor | None]]) -> StagedCommit | None:
+        """First half of ``commit``: the shard written under its temporary name.
+
+        Nothing is visible or durable yet. The caller may release the tensors' memory
+        afterwards, and must pass the result to ``publish`` (or ``discard``), in order:
+        the pipeline stages the next shard while an older one is being fsynced.
+        """
         entries = list(entries)
         if not entries:
-            return 0
+            return None
         tensors: dict[str, torch.Tensor] = {}
         shard = None
         for rec, t in entries:
@@ -64,30 +95,70 @@ class RankWriter:
             tensors[name] = t
             rec["shard"] = shard
             rec["tensor"] = name
-        nbytes = 0
-        if tensors:
-            final = self.data_dir / shard
-            tmp = self.data_dir / f".{shard}.tmp"
-            save_file(tensors, str(tmp))
-            if self.durable:
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-            os.replace(tmp, final)
-            if self.durable:
-                fsync_dir(self.data_dir)
-            self._next_shard += 1
-            nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        # Encoded before anything touches the disk: a record that is not valid JSON
+        # fails the commit without leaving a shard behind.
         lines = b"".join(
             (json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n").encode()
             for rec, _ in entries
         )
-        self._manifest.write(lines)
-        self._manifest.flush()
-        if self.durable:
-            os.fsync(self._manifest.fileno())
-        self.bytes_written += nbytes
-        self.records_written += len(entries)
-        return nbytes
+        staged = StagedCommit(lines, len(entries))
+        if tensors:
+            staged.final = self.data_dir / shard
+            staged.tmp = self.data_dir / f".{shard}.tmp"
+            try:
+                write_shard(staged.tmp, tensors)
+            except BaseException:
+                _unlink_quietly(staged.tmp)
+                raise
+            self._next_shard += 1
+            staged.nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        return staged
+
+    def publish(self, staged: StagedCommit) -> int:
+        """Second half of ``commit``: fsync and rename the shard, then append its manifest lines."""
+        if staged.tmp is not None:
+            try:
+                if self.durable:
+                    with open(staged.tmp, "rb+") as f:
+                        os.fsync(f.fileno())
+                os.replace(staged.tmp, staged.final)
+            except BaseException:
+                _unlink_quietly(staged.tmp)
+                raise
+            if self.durable:
+                fsync_dir(self.data_dir)
+        self._append_manifest(staged.lines, staged.final)
+        self.bytes_written += staged.nbytes
+        self.records_written += staged.records
+        return staged.nbytes
+
+    @staticmethod
+    def discard(staged: StagedCommit) -> None:
+        """Remove a staged shard that will never be published (the pipeline failed)."""
+        if staged.tmp is not None:
+            _unlink_quietly(staged.tmp)
+
+    def _append_manifest(self, lines: bytes, shard: Path | None) -> None:
+        """Append whole lines and fsync; on failure undo the append and drop ``shard``."""
+        f = self._manifest
+        start = os.fstat(f.fileno()).st_size
+        try:
+            view = memoryview(lines)
+            while view:
+                n = f.write(view)  # a raw file may write only part (e.g. near a full disk)
+                if not n:
+                    raise OSError(errno.EIO, "manifest write made no progress")
+                view = view[n:]
+            if self.durable:
+                os.fsync(f.fileno())
+        except BaseException:
+            try:
+                os.ftruncate(f.fileno(), start)
+            except OSError:
+                pass  # a torn tail is still ignored by readers
+            if shard is not None:
+                _unlink_quietly(shard)
+            raise
 
     def append_tokens(self, entry: dict[str, Any]) -> None:
         """Append one step's token table (one JSON line)."""
@@ -110,3 +181,37 @@ class RankWriter:
                     pass
                 f.close()
         self._tokens = None
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an unterminated last line (a crash mid-append) before appending after it.
+
+    Otherwise the next line would be glued onto the fragment and both would be lost.
+    """
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            keep = 0
+            pos = size
+            while pos > 0 and not keep:  # find the last newline, reading backwards
+                step = min(65536, pos)
+                pos -= step
+                f.seek(pos)
+                i = f.read(step).rfind(b"\n")
+                if i >= 0:
+                    keep = pos + i + 1
+            f.truncate(keep)
+    except FileNotFoundError:
+        pass

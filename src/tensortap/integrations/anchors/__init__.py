@@ -7,13 +7,11 @@ compared on a machine without transformers or vLLM.
 from __future__ import annotations
 
 from tensortap.compare.anchors import AnchorSet, RecordIndex
+from tensortap.compare.mapping import engine_name
 from tensortap.errors import TensortapError
 from tensortap.store.reader import Run
 
-
-def engine_name(run: Run) -> str:
-    eng = run.info.get("engine") or {}
-    return str(eng.get("name") or "torch") if isinstance(eng, dict) else "torch"
+__all__ = ["build_anchor_set", "engine_name"]
 
 
 def build_anchor_set(run: Run, index: RecordIndex | None = None) -> AnchorSet:

@@ -220,3 +220,4 @@ def register() -> None:
     from tensortap.compare.mapping import register_auto_adapter
 
     register_auto_adapter("hf", "vllm", AnchorMapping)
+    register_auto_adapter("torch", "vllm", AnchorMapping)

@@ -1,0 +1,127 @@
+"""Timing, memory and machine helpers for the benchmark.
+
+The benchmark machine is shared (other jobs run beside it) and has two cores, so every
+comparison is made *within one run*: variants are interleaved round by round (the order
+rotating each round, so drift and background load hit all of them alike) and the figure
+is the median over rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+Timed = Callable[[], float]
+"""A variant: does its own untimed set-up and tear-down, returns the seconds it timed."""
+
+
+def interleave(variants: dict[str, Timed], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Run every variant once per round, rotating the order; returns each one's timings.
+
+    The first ``warmup`` rounds are run and discarded (lazy imports, page cache, allocator).
+    """
+    names = list(variants)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            t = variants[n]()
+            if r >= warmup:
+                times[n].append(t)
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def timer() -> Callable[[], float]:
+    """``stop = timer(); ...; seconds = stop()``."""
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
+
+
+# -- memory --------------------------------------------------------------------------------
+def _status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise KeyError(field_name)
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size since start or the last ``reset_peak_rss``."""
+    return _status_kib("VmHWM") * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not supported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# -- the machine ---------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def ram_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+def load_average() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (float("nan"),) * 3
+
+
+@dataclass
+class Machine:
+    nproc: int = field(default_factory=lambda: os.cpu_count() or 0)
+    cpu: str = field(default_factory=cpu_model)
+    ram_gib: float = field(default_factory=ram_gib)
+    kernel: str = field(default_factory=platform.release)
+    python: str = field(default_factory=platform.python_version)
+
+    def describe(self) -> dict[str, str]:
+        import torch
+
+        from tensortap.store.stats import CRC32_IMPL
+
+        return {
+            "CPU": f"{self.cpu}, {self.nproc} cores (nproc)",
+            "RAM": f"{self.ram_gib:.1f} GiB",
+            "OS": f"Linux {self.kernel}",
+            "Python": self.python,
+            "torch": f"{torch.__version__} (threads set to 1)",
+            "CRC32": f"{CRC32_IMPL} (tensortap's checksum implementation)",
+        }

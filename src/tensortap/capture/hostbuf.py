@@ -1,0 +1,168 @@
+"""Host memory for hook-time copies: a FIFO ring the size of the pending-bytes budget.
+
+Why a ring and not ``torch.empty`` per copy: the writer releases copies in capture
+order, so a ring never fragments; fresh allocations of a few MiB are page-faulted on
+first touch (measured 2.3 GB/s against 6 GB/s for a warm buffer, on the benchmark
+machine), while ring memory is reused step after step; and the ring's capacity *is* the
+budget, so memory is bounded by construction. The arena is one anonymous mapping with
+``MADV_HUGEPAGE`` (first touch of 2 MiB pages ran at about 4 GB/s against 1 GB/s for 4 KiB
+pages). Only touched pages are resident, and allocation restarts at offset 0 whenever the
+ring empties and wraps early to the start once past ``max(64 MiB, 2 x peak in use)``, so
+resident memory follows what the capture needs rather than the budget.
+
+Not thread-safe: the pipeline calls it under its own lock.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections import deque
+
+import torch
+
+ALIGN = 64
+"""Every slot starts on a cache line (and so on any dtype's alignment)."""
+
+_MIN_SPAN = 64 * 2**20
+_POPULATE_LEAD = 32 * 2**20
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
+
+
+class Slot:
+    """One allocation: ``buf`` (uint8 tensor of ``nbytes``) until released."""
+
+    __slots__ = ("start", "end", "nbytes", "buf", "done")
+
+    def __init__(self, start: int, end: int, nbytes: int, buf: torch.Tensor) -> None:
+        self.start = start
+        self.end = end
+        self.nbytes = nbytes
+        self.buf = buf
+        self.done = False
+
+
+class HostRing:
+    """FIFO allocator over one lazily mapped arena of ``capacity`` bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._mm: mmap.mmap | None = None
+        self._arena: torch.Tensor | None = None
+        self._live: deque[Slot] = deque()
+        self._head = 0
+        self._peak_span = 0
+        self._max_end = 0
+        self._populated = 0
+        self.failed = False
+        """The arena could not be mapped; callers fall back to plain allocations."""
+
+    # -- arena ------------------------------------------------------------------------
+    def map(self) -> torch.Tensor | None:
+        """Reserve the arena's address space (nothing is resident until touched)."""
+        return self._map()
+
+    def _map(self) -> torch.Tensor | None:
+        if self._arena is None and not self.failed:
+            try:
+                mm = mmap.mmap(-1, self.capacity, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+                if hasattr(mmap, "MADV_HUGEPAGE"):
+                    try:
+                        mm.madvise(mmap.MADV_HUGEPAGE)
+                    except OSError:
+                        pass  # THP disabled: 4 KiB pages still work
+                self._mm = mm
+                self._arena = torch.frombuffer(mm, dtype=torch.uint8)
+            except (OSError, ValueError, OverflowError):
+                # A budget larger than the address space allows, or no mmap at all.
+                self.failed = True
+        return self._arena
+
+    def close(self) -> None:
+        """Drop the arena; its memory goes back when the last copy that views it dies."""
+        self._live.clear()
+        self._arena = None
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a tensor still views it; the mapping is freed with that tensor
+
+    # -- allocation -------------------------------------------------------------------
+    def in_use(self) -> int:
+        """Bytes between the oldest live slot and the head (gaps from wrapping included)."""
+        if not self._live:
+            return 0
+        tail = self._live[0].start
+        return self._head - tail if self._head > tail else self.capacity - tail + self._head
+
+    def alloc(self, nbytes: int) -> Slot | None:
+        """A slot of ``nbytes``, or None when there is no room now (or it can never fit)."""
+        size = -(-max(nbytes, 1) // ALIGN) * ALIGN
+        if size > self.capacity:
+            return None
+        arena = self._map()
+        if arena is None:
+            return None
+        if not self._live:
+            self._head = 0  # empty: start over, so touched memory stays small
+            start = 0
+        else:
+            tail = self._live[0].start
+            head = self._head
+            if head > tail:  # in use: [tail, head); free: [head, cap) and [0, tail)
+                soft = max(_MIN_SPAN, 2 * self._peak_span)
+                if size <= tail and (head + size > soft or head + size > self.capacity):
+                    start = 0
+                elif head + size <= self.capacity:
+                    start = head
+                else:
+                    return None
+            else:  # wrapped: in use [tail, cap) and [0, head); free: [head, tail)
+                if head + size <= tail:
+                    start = head
+                else:
+                    return None
+        slot = Slot(start, start + size, nbytes, arena[start:start + nbytes])
+        self._live.append(slot)
+        self._head = start + size
+        self._max_end = max(self._max_end, self._head)
+        self._peak_span = max(self._peak_span, self.in_use())
+        return slot
+
+    def populate_ahead(self, lead: int = _POPULATE_LEAD) -> None:
+        """Fault in the pages just past the furthest slot, off the hook's critical path.
+
+        Called by the writer thread without the pipeline's lock: ``MADV_POPULATE_WRITE``
+        maps pages without changing their contents, so a hook copying into the same
+        pages at the same moment is unaffected. Pages never used by a slot stay within
+        ``lead`` bytes of the furthest one, so resident memory still follows use.
+        """
+        mm = self._mm
+        if mm is None or self._populated < 0:
+            return
+        target = min(self.capacity, self._max_end + lead)
+        target -= target % mmap.PAGESIZE
+        if target <= self._populated:
+            return
+        try:
+            mm.madvise(_MADV_POPULATE_WRITE, self._populated, target - self._populated)
+            self._populated = target
+        except (OSError, ValueError):
+            self._populated = -1  # kernel before 5.14: first touch faults the pages instead
+
+    def release(self, slot: Slot) -> None:
+        """Mark ``slot`` free; space is reclaimed once every older slot is free too."""
+        slot.done = True
+        slot.buf = None
+        while self._live and self._live[0].done:
+            self._live.popleft()
+        if not self._live:
+            self._head = 0
+
+    def reset(self) -> None:
+        """Forget every slot (after a failure, when nothing pending will be written)."""
+        for s in self._live:
+            s.done = True
+        self._live.clear()
+        self._head = 0

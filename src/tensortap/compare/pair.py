@@ -1,0 +1,218 @@
+"""Comparing one pair of records: load, align, measure, and decide its status."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from tensortap.compare.align import Aligned, RowPlan, align, row_plan
+from tensortap.compare.estimate import estimate
+from tensortap.compare.loader import TensorLoader
+from tensortap.compare.mapping import Item
+from tensortap.compare.metrics import PairMetrics, logits_metrics, norm_of_difference, pair_metrics
+from tensortap.compare.result import DiffRow
+from tensortap.compare.tolerance import Tolerance, TolerancePolicy, coarser_dtype, dtype_category, floor_bound
+from tensortap.errors import RunFormatError, one_line
+from tensortap.store.reader import Run
+from tensortap.store.sketch import sketch
+
+# Outputs of these modules (or a return field named ``logits``) are treated as logits:
+# they get top-1 agreement and KL on top of the tensor metrics.
+LOGITS_MODULE = re.compile(r"(^|\.)(lm_head|logits|logits_processor|output_layer|embed_out)$")
+LOGITS_PATH = re.compile(r"(^|\.)logits$")
+
+
+def is_logits(module: str, role: str, path: str, shape: tuple[int, ...] | None) -> bool:
+    if role != "output" or not shape or len(shape) < 2 or shape[-1] < 2:
+        return False
+    return bool(LOGITS_MODULE.search(module) or LOGITS_PATH.search(path))
+
+
+@dataclass
+class PairContext:
+    """What every pair comparison of one diff shares."""
+
+    run_a: Run
+    run_b: Run
+    run_c: Run | None
+    policy: TolerancePolicy
+    loader: TensorLoader = field(default_factory=TensorLoader)
+    _plans: dict[tuple[str, int, int], RowPlan | None] = field(default_factory=dict)
+    floor_missing: int = 0
+
+    def plan(self, other: str, rank: int, step: int) -> RowPlan | None:
+        """Token-row alignment of run A with run B (``other='b'``) or the floor run (``'c'``)."""
+        key = (other, rank, step)
+        if key not in self._plans:
+            run_o = self.run_b if other == "b" else self.run_c
+            self._plans[key] = row_plan(self.run_a.tokens(step, rank),
+                                        run_o.tokens(step, rank) if run_o is not None else None)
+        return self._plans[key]
+
+
+def _base_row(index: int, ia: Item, ib: Item) -> DiffRow:
+    ra, rb = ia.record, ib.record
+    return DiffRow(
+        index=index, rank=ia.rank, step=ia.step, module=ia.module, call=ia.call, role=ia.role,
+        path=ia.path, seq_a=ra.seq, seq_b=rb.seq, module_b=rb.module, path_b=rb.path,
+        kind="tensor", dtype_a=ra.dtype, dtype_b=rb.dtype,
+        shape_a=list(ra.shape) if ra.shape is not None else None,
+        shape_b=list(rb.shape) if rb.shape is not None else None,
+    )
+
+
+def _short(v) -> str:
+    return one_line(repr(v), 80)
+
+
+def compare_pair(index: int, ia: Item, ib: Item, ic: Item | None, ctx: PairContext) -> DiffRow:
+    """One DiffRow; never raises for bad data (the row says ``error`` and why)."""
+    row = _base_row(index, ia, ib)
+    ra, rb = ia.record, ib.record
+    if ra.kind == "value" or rb.kind == "value":
+        row.kind = "value"
+        if ra.kind != rb.kind:
+            return _fail(row, "mismatch", "kind", f"a {ra.kind} in A, a {rb.kind} in B")
+        if ra.value == rb.value:
+            return row
+        return _fail(row, "diverged", "value", f"value {_short(ra.value)} vs {_short(rb.value)}")
+    cat_a, cat_b = dtype_category(ra.dtype), dtype_category(rb.dtype)
+    if cat_a != cat_b:
+        return _fail(row, "mismatch", "dtype", f"dtype {ra.dtype} vs {rb.dtype}")
+    tol = ctx.policy.for_pair(ia.module, ra.dtype, rb.dtype)
+    row.atol, row.rtol, row.tol_source = tol.atol, tol.rtol, tol.source
+    row.is_logits = cat_a == "float" and is_logits(ia.module, ia.role, ia.path, ra.shape)
+    try:
+        if (ia.loader or ra.has_data) and (ib.loader or rb.has_data):
+            return _compare_data(row, ia, ib, ic, tol, ctx)
+        return _compare_estimate(row, ia, ib, ic, tol, ctx)
+    except RunFormatError as e:  # includes CorruptRecordError
+        return _fail(row, "error", None, one_line(str(e), 500))
+
+
+def _fail(row: DiffRow, status: str, tripped: str | None, reason: str) -> DiffRow:
+    row.status, row.tripped, row.reason = status, tripped, reason
+    return row
+
+
+def _compare_data(row: DiffRow, ia: Item, ib: Item, ic: Item | None, tol: Tolerance,
+                  ctx: PairContext) -> DiffRow:
+    ld = ctx.loader
+    a = ld.load(ctx.run_a, ia)
+    b = c = None
+    try:
+        # The floor's error first, so that at most two tensors are held at once.
+        err_floor = None
+        if ic is not None and ctx.run_c is not None and (ic.loader or ic.record.has_data) \
+                and dtype_category(ic.record.dtype) == dtype_category(ia.record.dtype):
+            c = ld.load(ctx.run_c, ic)
+            al_c = align(a, c, None if ia.loader or ic.loader else ctx.plan("c", ia.rank, ia.step))
+            if isinstance(al_c, Aligned):
+                err_floor = norm_of_difference(al_c.a, al_c.b)
+            del al_c
+            ld.release(c)
+            c = None
+        elif ctx.run_c is not None:
+            ctx.floor_missing += 1
+        b = ld.load(ctx.run_b, ib)
+        # Items built by an adapter (loader set) arrive with their rows already lined up.
+        al = align(a, b, None if ia.loader or ib.loader else ctx.plan("b", ia.rank, ia.step))
+        if isinstance(al, str):
+            return _fail(row, "mismatch", "shape", al)
+        row.aligned = al.how
+        if al.plan is not None and al.plan.note and al.how == "tokens":
+            row.reason = al.plan.note
+        if al.a.numel() == 0 and (a.numel() or b.numel()):
+            return _fail(row, "mismatch", "shape", "no tokens in common")
+        m = pair_metrics(al.a, al.b, tol.atol, tol.rtol)
+        if row.is_logits:
+            logits_metrics(al.a, al.b, m)
+        _fill(row, m)
+        if m.worst_flat is not None and m.max_abs > 0:
+            idx, token = al.locate(m.worst_flat)
+            row.worst_index = idx
+            row.worst_token = list(token) if token is not None else None
+        dtype = coarser_dtype(row.dtype_a or "float32", row.dtype_b or "float32") \
+            if dtype_category(row.dtype_a) == "float" else "int64"
+        return _decide(row, m, tol, err_floor, dtype)
+    finally:
+        ld.release(a, b, c)
+
+
+def _compare_estimate(row: DiffRow, ia: Item, ib: Item, ic: Item | None, tol: Tolerance,
+                      ctx: PairContext) -> DiffRow:
+    ra, rb = ia.record, ib.record
+    row.kind, row.estimated = "estimate", True
+    if ra.shape is not None and rb.shape is not None and ra.shape != rb.shape:
+        if _strip(ra.shape) != _strip(rb.shape):
+            return _fail(row, "mismatch", "shape", f"shape {list(ra.shape)} vs {list(rb.shape)}")
+    if ra.stats is None or rb.stats is None:
+        return _fail(row, "error", None, "no tensor data and no statistics to compare")
+    sk_a, sk_b = ra.sketch, rb.sketch
+    # One side has data, the other a sketch: sketch the data the same way.
+    if sk_a is None and sk_b is not None and ra.has_data:
+        sk_a = _sketch_of(ctx, ctx.run_a, ia, len(sk_b))
+    if sk_b is None and sk_a is not None and rb.has_data:
+        sk_b = _sketch_of(ctx, ctx.run_b, ib, len(sk_a))
+    est = estimate(ra.stats, rb.stats, sk_a, sk_b)
+    m = est.metrics
+    _fill(row, m)
+    row.cosine = m.cosine if est.method == "sketch" else None
+    row.allclose_fail_frac = None
+    row.reason = ("estimated from sketches (about ±12 %)" if est.method == "sketch"
+                  else "statistics only: rel_l2 and max_abs are lower bounds")
+    err_floor = None
+    if ic is not None and ic.record.sketch is not None and sk_a is not None and ic.record.stats is not None:
+        err_floor = estimate(ra.stats, ic.record.stats, sk_a, ic.record.sketch).metrics.err
+    dtype = coarser_dtype(row.dtype_a or "float32", row.dtype_b or "float32") \
+        if dtype_category(row.dtype_a) == "float" else "int64"
+    return _decide(row, m, tol, err_floor, dtype)
+
+
+def _sketch_of(ctx: PairContext, run: Run, item: Item, dim: int) -> tuple[float, ...]:
+    t = ctx.loader.load(run, item)
+    try:
+        return sketch(t, dim)
+    finally:
+        ctx.loader.release(t)
+
+
+def _strip(shape: tuple[int, ...]) -> tuple[int, ...]:
+    i = 0
+    while i < len(shape) - 1 and shape[i] == 1:
+        i += 1
+    return tuple(shape[i:])
+
+
+def _fill(row: DiffRow, m: PairMetrics) -> None:
+    row.numel = m.numel
+    row.max_abs, row.mean_abs = m.max_abs, m.mean_abs
+    row.rel_l2, row.cosine, row.rel_diff, row.sqnr_db = m.rel_l2, m.cosine, m.rel_diff, m.sqnr_db
+    row.allclose_fail_frac = m.fail_frac
+    row.nan_mismatch, row.inf_mismatch = m.nan_mismatch, m.inf_mismatch
+    row.worst_a, row.worst_b = m.worst_a, m.worst_b
+    row.top1_agree, row.kl = m.top1_agree, m.kl
+
+
+def _decide(row: DiffRow, m: PairMetrics, tol: Tolerance, err_floor: float | None, dtype: str) -> DiffRow:
+    """Apply the tolerance rule (docs/diff.md) and record which metric tripped."""
+    if tol.exact:
+        row.limit, row.ratio = 0.0, (0.0 if m.err == 0 else math.inf)
+        if m.err > 0 or m.nan_mismatch or m.inf_mismatch:
+            why = f"{m.fail_frac:.3g} of elements differ" + (f"; {row.reason}" if row.reason else "")
+            return _fail(row, "diverged", "exact", why)
+        return row
+    bound = tol.bound(m.numel, m.norm_a)
+    if err_floor is not None:
+        bound, k = floor_bound(err_floor, tol, dtype, m.numel, m.norm_a)
+        row.floor_k = k
+        row.floor_rel_l2 = err_floor / m.norm_a if m.norm_a > 0 else (0.0 if err_floor == 0 else math.inf)
+    row.limit = bound / m.norm_a if m.norm_a > 0 else math.inf
+    row.ratio = m.err / bound if bound > 0 else (0.0 if m.err == 0 else math.inf)
+    if m.nan_mismatch or m.inf_mismatch:
+        row.status, row.tripped = "diverged", "nan_inf"
+        return row
+    if m.err > bound:
+        row.status, row.tripped = "diverged", "rel_l2"
+    return row

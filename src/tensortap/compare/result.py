@@ -1,0 +1,209 @@
+"""What a diff returns: one row per compared pair, the first divergence, and the report.
+
+``DiffReport.to_dict()`` is the JSON document ``tensortap diff --json`` prints (schema
+in docs/diff.md); ``to_json()`` is that document as a string. Non-finite numbers are
+``null`` in JSON (e.g. ``sqnr_db`` of identical tensors, which is +inf).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tensortap.compare.pairing import Unmatched
+from tensortap.errors import TensortapError
+
+SCHEMA_VERSION = 1
+
+STATUSES = ("ok", "diverged", "mismatch", "error")
+"""``ok``: within tolerance; ``diverged``: beyond it; ``mismatch``: cannot be compared
+(shape, dtype kind, tensor vs value); ``error``: data unreadable (corrupt shard)."""
+
+ORIGINS = ("introduced", "amplified", "carried", "unknown")
+"""For diverged outputs: error appears here although the module's inputs agree
+(``introduced``); inputs already diverged and the error grew at least 10x
+(``amplified``) or not (``carried``); inputs not captured (``unknown``)."""
+
+AMPLIFIED = 10.0
+
+
+@dataclass
+class DiffRow:
+    """One compared pair, in run A's execution order."""
+
+    index: int
+    rank: int
+    step: int
+    module: str
+    call: int
+    role: str
+    path: str
+    seq_a: int
+    seq_b: int
+    module_b: str
+    path_b: str
+    kind: str
+    """``tensor`` (full data), ``estimate`` (statistics/sketches), ``value`` (non-tensor)."""
+    status: str = "ok"
+    estimated: bool = False
+    reason: str | None = None
+    dtype_a: str | None = None
+    dtype_b: str | None = None
+    shape_a: list[int] | None = None
+    shape_b: list[int] | None = None
+    numel: int | None = None
+    aligned: str | None = None
+    is_logits: bool = False
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    rel_l2: float | None = None
+    cosine: float | None = None
+    rel_diff: float | None = None
+    sqnr_db: float | None = None
+    allclose_fail_frac: float | None = None
+    nan_mismatch: int | None = None
+    inf_mismatch: int | None = None
+    worst_index: list[int] | None = None
+    worst_token: list[int] | None = None
+    worst_a: float | None = None
+    worst_b: float | None = None
+    top1_agree: float | None = None
+    kl: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    tol_source: str | None = None
+    floor_rel_l2: float | None = None
+    floor_k: float | None = None
+    limit: float | None = None
+    """The largest rel_l2 this pair may have (tolerance, or floor rule, as a relative error)."""
+    ratio: float | None = None
+    """Error / allowed error: above 1 is diverged."""
+    tripped: str | None = None
+    """The metric that decided a non-ok status: rel_l2, nan_inf, exact, value, shape, dtype, kind."""
+    input_rel_l2: float | None = None
+    amplification: float | None = None
+    origin: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``module[call].role.path@step`` for messages."""
+        p = f".{self.path}" if self.path else ""
+        return f"{self.module or '<root>'}[{self.call}].{self.role}{p}@{self.step}"
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("diverged", "mismatch")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _finite(v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Divergence:
+    """The first pair (in run A's execution order) that diverged, and why."""
+
+    module: str
+    step: int
+    call: int
+    role: str
+    path: str
+    rank: int
+    seq: int | None
+    status: str
+    metric: str
+    """What tripped: rel_l2, nan_inf, exact, value, shape, dtype, kind, or unmatched (--strict)."""
+    value: Any
+    limit: Any
+    origin: str | None = None
+    amplification: float | None = None
+    row: int | None = None
+    """Index into ``rows`` (None for an unmatched record under --strict)."""
+    estimated: bool = False
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _finite(v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class DiffReport:
+    """The result of ``tt.diff``. ``verdict`` is ``agree``, ``diverged`` or ``inconclusive``."""
+
+    run_a: str
+    run_b: str
+    floor: str | None
+    rows: list[DiffRow]
+    unmatched: list[Unmatched]
+    first_divergence: Divergence | None
+    verdict: str
+    summary_line: str
+    warnings: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    steps: list[int] = field(default_factory=list)
+    peak_loaded_bytes: int = 0
+    """Largest number of tensor bytes held at once while comparing (the memory bound)."""
+
+    @property
+    def exit_code(self) -> int:
+        """0 agree, 1 diverged, 2 inconclusive (nothing diverged but something could not be compared)."""
+        return {"agree": 0, "diverged": 1}.get(self.verdict, 2)
+
+    @property
+    def diverged(self) -> bool:
+        return self.verdict == "diverged"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``diff --json`` document (a JSON-serialisable dict)."""
+        return {
+            "schema": "tensortap.diff",
+            "schema_version": SCHEMA_VERSION,
+            "run_a": self.run_a,
+            "run_b": self.run_b,
+            "floor": self.floor,
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "summary": self.summary_line,
+            "first_divergence": self.first_divergence.to_dict() if self.first_divergence else None,
+            "counts": dict(self.counts),
+            "steps": list(self.steps),
+            "warnings": list(self.warnings),
+            "settings": self.settings,
+            "rows": [r.to_dict() for r in self.rows],
+            "unmatched": [u.to_json() for u in self.unmatched],
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        """``to_dict()`` as a JSON string (strict JSON: no NaN/Infinity)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def to_html(self, path: str | Path) -> Path:
+        """Write the self-contained HTML report (works offline) and return its path."""
+        # The one reference upward: a convenience so `tt.diff(...).to_html()` works. The
+        # renderer only reads to_dict(); compare's logic never depends on report.
+        from tensortap.report.diff_html import write_html
+
+        return write_html(self.to_dict(), path)
+
+    def to_dataframe(self):
+        """The rows as a pandas DataFrame (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise TensortapError("DiffReport.to_dataframe() needs pandas: pip install pandas "
+                                 "(or use report.to_dict()['rows'])") from None
+        return pd.DataFrame([r.to_dict() for r in self.rows])
+
+    def __repr__(self) -> str:
+        return f"DiffReport({self.verdict}: {self.summary_line})"
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
