@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import Callable
 
 from tensortap.compare.result import AMPLIFIED, DiffRow
 from tensortap.compare.tolerance import dtype_category
 
 
-def annotate(rows: list[DiffRow]) -> None:
+Feeds = Callable[[DiffRow], list[tuple]]
+"""For mappings whose items are not module calls (anchors): the keys
+``(rank, step, module, call, role, path)`` of the rows that feed a row."""
+
+
+def annotate(rows: list[DiffRow], feeds: Feeds | None = None) -> None:
     """Fill ``input_rel_l2``, ``amplification`` and ``origin`` of output rows in place."""
     inputs: dict[tuple, list[DiffRow]] = defaultdict(list)
+    by_key = {(r.rank, r.step, r.module, r.call, r.role, r.path): r for r in rows}
     for r in rows:
         # Compared tensor inputs of any dtype: a changed token id is a changed input too.
         if r.role == "input" and r.kind != "value" and r.status in ("ok", "diverged"):
@@ -31,6 +38,8 @@ def annotate(rows: list[DiffRow]) -> None:
         if r.role != "output" or r.rel_l2 is None:
             continue
         ins = inputs.get((r.rank, r.step, r.module, r.call), [])
+        if feeds is not None:
+            ins = ins + [by_key[k] for k in feeds(r) if k in by_key and by_key[k].status in ("ok", "diverged")]
         # Only floating inputs give an error magnitude (integer data are exact or not).
         errs = [i.rel_l2 for i in ins if i.rel_l2 is not None and dtype_category(i.dtype_a) == "float"]
         if errs:

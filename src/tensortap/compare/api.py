@@ -92,7 +92,7 @@ def diff(
                 progress(n + 1, total)
     finally:
         ctx.loader.close(*(r for r in (run_a, run_b, run_c) if r is not None))
-    annotate(rows)
+    annotate(rows, getattr(mapper, "feeds", None))
     if run_c is not None and ctx.floor_missing:
         warnings.append(f"floor run has no usable record for {ctx.floor_missing} pair(s): plain tolerance used there")
     mapping_desc = {"map": mapping if isinstance(mapping, str) else str(mapping) if isinstance(mapping, Path)
@@ -171,6 +171,8 @@ def _divergence_message(r: DiffRow) -> str:
         "unknown": "inputs not captured",
     }.get(r.origin or "", "")
     est = " [estimated]" if r.estimated else ""
+    if r.raw_a or r.raw_b:
+        where += f" ({'; '.join(x for x in (r.raw_a, r.raw_b) if x)})"
     return f"{where}: {what}{est}" + (f"; {origin}" if origin else "")
 
 

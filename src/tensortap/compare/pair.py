@@ -59,7 +59,19 @@ def _base_row(index: int, ia: Item, ib: Item) -> DiffRow:
         kind="tensor", dtype_a=ra.dtype, dtype_b=rb.dtype,
         shape_a=list(ra.shape) if ra.shape is not None else None,
         shape_b=list(rb.shape) if rb.shape is not None else None,
+        raw_a=_raw(ra, ia), raw_b=_raw(rb, ib),
     )
+
+
+def _raw(rec, item: Item) -> str | None:
+    """The engine's own name when the item is not the raw record (renamed or an anchor)."""
+    raw = (rec.extra or {}).get("raw") if isinstance(rec.extra, dict) else None
+    if raw:
+        engine = rec.extra.get("engine")
+        return f"{engine}: {raw}" if engine else str(raw)
+    if (rec.module, rec.path) != (item.module, item.path):
+        return f"{rec.module}{'.' + rec.path if rec.path else ''}"
+    return None
 
 
 def _short(v) -> str:

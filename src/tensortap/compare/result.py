@@ -86,6 +86,9 @@ class DiffRow:
     input_rel_l2: float | None = None
     amplification: float | None = None
     origin: str | None = None
+    raw_a: str | None = None
+    """Run A's own name for this pair when a mapping renamed it (an anchor's source records)."""
+    raw_b: str | None = None
 
     @property
     def name(self) -> str:

@@ -43,6 +43,7 @@ def anchor_set(run: Run, index: RecordIndex) -> AnchorSet:
             if attn:
                 for x in "qkv":
                     put(a + x, first_ref(index, step, f"{attn}.{x}_proj", "output", ("",)))
+                put(a + "o", first_ref(index, step, f"{attn}.o_proj", "output", ("",)))
                 put(a + "attn_out", first_ref(index, step, attn, "output", ("0", "")))
             put(a + "resid_mid", first_ref(index, step, f"{L}.post_attention_layernorm", "input",
                                            ("0", "hidden_states")))
@@ -50,6 +51,7 @@ def anchor_set(run: Run, index: RecordIndex) -> AnchorSet:
             if mlp:
                 put(a + "gate", first_ref(index, step, f"{mlp}.gate_proj", "output", ("",)))
                 put(a + "up", first_ref(index, step, f"{mlp}.up_proj", "output", ("",)))
+                put(a + "down", first_ref(index, step, f"{mlp}.down_proj", "output", ("",)))
                 put(a + "mlp_out", first_ref(index, step, mlp, "output", ("",)))
             put(a + "resid_post", first_ref(index, step, L, "output", ("", "0")))
         put("final_norm", first_ref(index, step, f"{pre}norm", "output", ("",)))

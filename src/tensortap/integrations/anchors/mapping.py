@@ -16,15 +16,14 @@ from typing import Iterator
 import torch
 
 from tensortap.compare.anchors import (
-    AnchorExpr, AnchorSet, RecordIndex, TokenKey, anchor_order_key, check_identities, evaluate,
-    row_keys_for_shape,
+    AnchorExpr, AnchorSet, RecordIndex, TokenKey, anchor_feeds, anchor_order_key, check_identities,
+    evaluate, row_keys_for_shape,
 )
 from tensortap.compare.mapping import Item
 from tensortap.integrations.anchors import build_anchor_set, engine_name
 from tensortap.store.reader import Run
 from tensortap.store.record import Record
 
-IDENTITY_TOL = 1e-4
 
 
 class _Side:
@@ -110,17 +109,22 @@ class AnchorMapping:
             self.notes.append(f"{dropped} token row(s) of run A have no counterpart in run B "
                               "(compared on the tokens both engines computed)")
         for side in (a, b):
-            bad = [c for c in check_identities(side.index, side.set, IDENTITY_TOL) if not c.ok]
+            bad = [c for c in check_identities(side.index, side.set) if not c.ok]
             if bad:
                 worst = max(bad, key=lambda c: c.rel_err)
                 self.notes.append(f"identity check failed in {side.engine}: {worst.identity} at step "
                                   f"{worst.step} (rel err {worst.rel_err:.2e}); its anchors may be mislabeled")
 
+    def feeds(self, row) -> list[tuple]:
+        """Keys of the anchor rows this row is computed from (for amplification)."""
+        layers = sorted({int(a.split(".")[1]) for _, a in self._plan if a.startswith("layers.")})
+        return [(row.rank, row.step, name, 0, "output", "") for name in anchor_feeds(row.module, layers)]
+
     def identity_checks(self) -> list:
         """All checked identities of both runs (for reports)."""
         out = []
         for side in self.sides.values():
-            out.extend(check_identities(side.index, side.set, IDENTITY_TOL))
+            out.extend(check_identities(side.index, side.set))
         return out
 
     # -- items --------------------------------------------------------------------------

@@ -65,6 +65,7 @@ def anchor_set(run: Run, index: RecordIndex) -> AnchorSet:
                 put(a + "q", AnchorExpr((qkv,), 0, q))
                 put(a + "k", AnchorExpr((qkv,), q, q + kv))
                 put(a + "v", AnchorExpr((qkv,), q + kv, q + 2 * kv))
+            put(a + "o", one(f"{L}.self_attn.o_proj", "output", ("0", "")))
             put(a + "attn_out", one(f"{L}.self_attn", "output", ("", "0")))
             put(a + "resid_mid", one(f"{L}.post_attention_layernorm", "output", ("1",)))
             put(a + "mlp_in", one(f"{L}.post_attention_layernorm", "output", ("0",)))
@@ -73,6 +74,7 @@ def anchor_set(run: Run, index: RecordIndex) -> AnchorSet:
                 inter = sizes[2]
                 put(a + "gate", AnchorExpr((gu,), 0, inter))
                 put(a + "up", AnchorExpr((gu,), inter, 2 * inter))
+            put(a + "down", one(f"{L}.mlp.down_proj", "output", ("0", "")))
             put(a + "mlp_out", one(f"{L}.mlp", "output", ("",)))
             o0 = first_ref(index, step, L, "output", ("0",))
             o1 = first_ref(index, step, L, "output", ("1",))
