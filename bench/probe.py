@@ -81,12 +81,16 @@ def probe_memory(args: argparse.Namespace) -> dict:
         seconds = stop()
         peak = peak_rss_bytes()
         summary = json.loads((work / "run" / "run.json").read_text())["summary"]
+        lines = [json.loads(x) for x in (work / "run" / "rank-0" / "manifest.jsonl").read_text().splitlines()]
+        # Bytes of the tensors the records describe: records of one unchanged tensor share
+        # their stored bytes, so this exceeds bytes_written.
+        logical = sum(math.prod(r["shape"]) * getattr(torch, r["dtype"]).itemsize for r in lines if "dtype" in r)
         return {
             "budget": args.budget, "on_full": args.on_full, "steps": steps, "step_bytes": step_bytes,
             "seconds": seconds, "rss_before": rss0, "peak_rss": peak, "rss_growth": peak - rss0,
             "peak_reset": reset_ok, "records": summary["records"], "bytes_written": summary["bytes_written"],
             "dropped_records": summary["dropped_records"], "dropped_bytes": summary["dropped_bytes"],
-            "peak_pending": summary["peak_pending_bytes"],
+            "peak_pending": summary["peak_pending_bytes"], "logical_bytes": logical,
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)

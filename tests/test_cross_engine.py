@@ -38,6 +38,17 @@ def runs(tmp_path_factory, tiny_model_dir):
     }
 
 
+@pytest.fixture(scope="module")
+def tp2_run(tmp_path_factory, tiny_model_dir):
+    # One core per rank: the CPU engine refuses TP without an explicit binding.
+    VLLM_ENV["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"
+    try:
+        return _capture("vllm", tiny_model_dir, tmp_path_factory.mktemp("tp2") / "vllm-tp2",
+                        "--dtype", "float32", "--tensor-parallel-size", "2")
+    finally:
+        VLLM_ENV.pop("VLLM_CPU_OMP_THREADS_BIND")
+
+
 def test_same_weights_agree_at_every_anchor(runs):
     rep = tt.diff(runs["hf"], runs["vllm"])
     assert rep.verdict == "agree", rep.to_json()[:2000]
@@ -92,3 +103,17 @@ def test_bf16_engine_against_fp32_reference_uses_bf16_tolerance(runs):
     assert max(r.rel_l2 for r in rep.rows) > 1e-4             # really bf16 rounding, not fp32
     strict = tt.diff(runs["hf"], runs["vllm_bf16"], atol=1e-6, rtol=1e-5)
     assert strict.verdict == "diverged"
+
+
+def test_tensor_parallel_2_unshards_to_match_hf(runs, tp2_run):
+    run = tt.open(tp2_run)
+    assert run.ranks == [0, 1] and run.info["parallel"]["tp_size"] == 2
+    qkv = run.records(module=r"layers\.0\.self_attn\.qkv_proj$", role="output", step=0, rank=1)[0]
+    assert qkv.shape[-1] == 64 + 64 + 64          # per rank: half the query heads, the one KV head replicated
+    rep = tt.diff(runs["hf"], tp2_run)
+    assert rep.verdict == "agree", rep.to_json()[:2000]
+    by = {(r.step, r.module): r for r in rep.rows}
+    assert by[(0, "layers.0.q")].shape_b[-1] == 128 and by[(0, "layers.0.k")].shape_b[-1] == 64
+    assert by[(0, "layers.1.gate")].shape_b[-1] == 256
+    assert "concat over ranks [0, 1]" in (by[(0, "layers.0.q")].raw_b or "")
+    assert max(r.rel_l2 for r in rep.rows) < 1e-5

@@ -37,6 +37,11 @@ def _manifest(run_dir, rank: int = 0) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+def _logical_bytes(lines: list[dict]) -> int:
+    """Bytes of the tensors the records describe (records of one tensor share stored bytes)."""
+    return sum(math.prod(r["shape"]) * getattr(torch, r["dtype"]).itemsize for r in lines if "dtype" in r)
+
+
 @pytest.fixture
 def slow_disk(monkeypatch):
     """Every publish (fsync + rename + manifest) takes 20 ms longer: the writer falls behind."""
@@ -63,8 +68,8 @@ def test_pending_never_exceeds_budget_when_the_writer_lags(tmp_path, slow_disk):
 
     w = threading.Thread(target=watch)
     w.start()
-    x = torch.randn(64 * KiB // 4)  # 64 KiB records
-    for i in range(80):
+    xs = [torch.randn(64 * KiB // 4) for _ in range(80)]  # 64 KiB records, all distinct
+    for i, x in enumerate(xs):
         assert pipe.submit_tensor(_rec(i), x, True)
     assert pipe.flush(timeout=30)
     stop.set()
@@ -81,7 +86,7 @@ def test_a_single_oversized_record_goes_through_alone(tmp_path, slow_disk):
     pipe = WriterPipeline(RankWriter(tmp_path, 0), pending_budget=budget, flush_interval=0.05)
     small, big = torch.randn(32 * KiB // 4), torch.randn(1024 * KiB // 4)  # big: 4x the budget
     for i, t in enumerate([small, big, small, small, big, small]):
-        assert pipe.submit_tensor(_rec(i), t, True)
+        assert pipe.submit_tensor(_rec(i), t.clone(), True)  # distinct tensors: no sharing
         assert pipe.pending <= max(budget, big.nbytes)
     assert pipe.flush(timeout=30)
     pipe.close(timeout=30)
@@ -110,10 +115,10 @@ def test_drop_mode_counts_and_reports_every_loss(tmp_path, slow_disk):
     dropped = emitted(tmp_path / "drop", on_full="drop", pending_bytes=192 * KiB)
     summary = json.loads((tmp_path / "drop" / "run.json").read_text())["summary"]
     assert summary["dropped_records"] > 0
-    # Every record is either written or counted as dropped, bytes included.
+    # Every record is either written or counted as dropped, its bytes included.
     assert summary["records"] + summary["dropped_records"] == full.records
-    full_bytes = json.loads((tmp_path / "block" / "run.json").read_text())["summary"]["bytes_written"]
-    assert summary["bytes_written"] + summary["dropped_bytes"] == full_bytes
+    assert (_logical_bytes(_manifest(tmp_path / "drop")) + summary["dropped_bytes"]
+            == _logical_bytes(_manifest(tmp_path / "block")))
     assert len(_manifest(tmp_path / "drop")) == summary["records"] == dropped.records
     assert summary["peak_pending_bytes"] <= 192 * KiB
     run = tt.open(tmp_path / "drop")
@@ -320,3 +325,74 @@ def test_shards_read_back_with_safetensors(tmp_path):
         assert torch.equal(back[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8))
     head = (tmp_path / "x.safetensors").read_bytes()
     assert int.from_bytes(head[:8], "little") % 8 == 0  # data starts 8-aligned
+
+
+class _Chain(nn.Module):
+    """The same tensor flows through an Identity (shared), then is changed in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(64, 64)
+        self.same = nn.Identity()
+        self.bump = _AddInPlace()
+
+    def forward(self, x):
+        return self.bump(self.same(self.a(x)))
+
+
+class _AddInPlace(nn.Module):
+    def forward(self, h):
+        return h.add_(1.0)  # the same tensor object comes back, changed
+
+
+def test_unchanged_tensors_are_stored_once_changed_ones_again(tmp_path):
+    torch.manual_seed(0)
+    model = _Chain().eval()
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        h = model.a(x)
+    with tt.capture(model, tmp_path / "r"):
+        with torch.no_grad():
+            model(x)
+    run = tt.open(tmp_path / "r")
+
+    def rec(module, role):
+        return run.records(module=f"^{module}$", role=role)[0]
+
+    a_out, same_in, same_out = rec("a", "output"), rec("same", "input"), rec("same", "output")
+    bump_in, bump_out = rec("bump", "input"), rec("bump", "output")
+    # a's output, same's input and output, bump's input: one tensor, unchanged: one copy.
+    for r in (same_in, same_out, bump_in):
+        assert (r.shard, r.tensor) == (a_out.shard, a_out.tensor)
+        assert r.stats == a_out.stats and r.checksum == a_out.checksum
+        assert r.extra["same_data_as_seq"] == a_out.seq
+        assert torch.equal(run.load(r), h)
+    # bump's output is the same object after add_(): its version moved, so a new copy.
+    assert (bump_out.shard, bump_out.tensor) != (a_out.shard, a_out.tensor)
+    assert torch.equal(run.load(bump_out), h + 1)
+    assert verify_ok(tmp_path / "r")
+
+
+def test_inference_tensors_are_never_shared(tmp_path):
+    # Inference tensors keep no version counter: an in-place change could not be seen.
+    torch.manual_seed(0)
+    model = _Chain().eval()
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        h = model.a(x)
+    with tt.capture(model, tmp_path / "r"):
+        with torch.inference_mode():
+            model(x)
+    run = tt.open(tmp_path / "r")
+    recs = [r for r in run.records() if r.module in ("a", "same", "bump") and r.has_data]
+    assert len({(r.shard, r.tensor) for r in recs}) == len(recs)
+    assert torch.equal(run.load(run.records(module="^bump$", role="input")[0]), h)
+    assert torch.equal(run.load(run.records(module="^bump$", role="output")[0]), h + 1)
+
+
+def verify_ok(path) -> bool:
+    from tensortap.store.verify import verify_run
+
+    res = verify_run(path)
+    assert not res.errors, [str(p) for p in res.errors]
+    return True

@@ -15,6 +15,7 @@ Not thread-safe: the pipeline calls it under its own lock.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 from collections import deque
 
@@ -26,6 +27,19 @@ ALIGN = 64
 _MIN_SPAN = 64 * 2**20
 _POPULATE_LEAD = 32 * 2**20
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
+
+
+def _libc_madvise():
+    try:
+        f = ctypes.CDLL(None, use_errno=True).madvise
+    except (AttributeError, OSError):
+        return None
+    f.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    f.restype = ctypes.c_int
+    return f
+
+
+_madvise = _libc_madvise()
 
 
 class Slot:
@@ -96,6 +110,10 @@ class HostRing:
         tail = self._live[0].start
         return self._head - tail if self._head > tail else self.capacity - tail + self._head
 
+    def fits(self, nbytes: int) -> bool:
+        """Whether a slot of ``nbytes`` can ever be allocated (when the ring is empty)."""
+        return -(-max(nbytes, 1) // ALIGN) * ALIGN <= self.capacity
+
     def alloc(self, nbytes: int) -> Slot | None:
         """A slot of ``nbytes``, or None when there is no room now (or it can never fit)."""
         size = -(-max(nbytes, 1) // ALIGN) * ALIGN
@@ -138,18 +156,24 @@ class HostRing:
         pages at the same moment is unaffected. Pages never used by a slot stay within
         ``lead`` bytes of the furthest one, so resident memory still follows use.
         """
-        mm = self._mm
-        if mm is None or self._populated < 0:
+        arena = self._arena
+        if arena is None or self._populated < 0:
             return
         target = min(self.capacity, self._max_end + lead)
         target -= target % mmap.PAGESIZE
         if target <= self._populated:
             return
-        try:
-            mm.madvise(_MADV_POPULATE_WRITE, self._populated, target - self._populated)
-            self._populated = target
-        except (OSError, ValueError):
-            self._populated = -1  # kernel before 5.14: first touch faults the pages instead
+        # Through ctypes, which releases the GIL for the call (mmap.madvise holds it while
+        # the kernel zeroes megabytes, stalling the hooks' Python code), and on the
+        # address torch already holds, so no extra buffer export blocks close().
+        base = arena.data_ptr()
+        if base % mmap.PAGESIZE or _madvise is None:
+            self._populated = -1
+            return
+        rc = _madvise(ctypes.c_void_p(base + self._populated),
+                      ctypes.c_size_t(target - self._populated), _MADV_POPULATE_WRITE)
+        # rc != 0: a kernel before 5.14 (EINVAL); first touch faults the pages instead.
+        self._populated = target if rc == 0 else -1
 
     def release(self, slot: Slot) -> None:
         """Mark ``slot`` free; space is reclaimed once every older slot is free too."""

@@ -288,6 +288,8 @@ class CaptureSession:
         self._calls.clear()
         self._stacks.clear()
         self._step_wanted = self.config.wants_step(self._step)
+        if self._pipeline is not None:
+            self._pipeline.new_step()  # copies are shared between records of one step only
         for listener in self.step_listeners:
             try:
                 listener(self._step)

@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--max-numel", type=int, help="keep only stats for tensors with more elements")
     p.add_argument("--mode", choices=["full", "stats"])
     p.add_argument("--dtype", help="load the model in this dtype (float32, bfloat16, float16)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                   help="vLLM only: tensor-parallel ranks (each writes rank-<r>/; on CPU also set "
+                        "VLLM_CPU_OMP_THREADS_BIND, e.g. '0|1')")
     p.add_argument("--strict", action="store_true", default=None,
                    help="error if a planned module never fired")
     p.add_argument("--overwrite", action="store_true", default=None,
@@ -49,12 +52,21 @@ def run(args) -> int:
     )
     # Fail before loading the model (which can take minutes) if --out is unusable.
     check_out_dir(Path(cfg.out), cfg.overwrite)
+    extra = {}
     if args.engine == "hf":
         from tensortap.integrations.hf import capture_generate
+
+        if args.tensor_parallel_size != 1:
+            raise TensortapError("--tensor-parallel-size needs --engine vllm")
     else:
         from tensortap.integrations.vllm.offline import capture_generate
+
+        if args.tensor_parallel_size < 1:
+            raise TensortapError("--tensor-parallel-size must be >= 1")
+        if args.tensor_parallel_size > 1:
+            extra["llm_kwargs"] = {"tensor_parallel_size": args.tensor_parallel_size}
     result = capture_generate(args.model_dir, cfg, prompts=args.prompts,
-                              max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+                              max_new_tokens=args.max_new_tokens, dtype=args.dtype, **extra)
     from tensortap.api import open as open_run
 
     run_ = open_run(result["run"])

@@ -85,11 +85,16 @@ class AnchorExpr:
     start: int | None = None
     stop: int | None = None
     rows: str = "tokens"
+    ranks: tuple[int, ...] = (0,)
+    """Tensor-parallel unsharding: the slice is taken on each of these ranks and the
+    pieces concatenated on the last dim (column-parallel outputs such as fused QKV)."""
 
     def describe(self) -> str:
         s = " + ".join(str(t) for t in self.terms)
         if self.start is not None or self.stop is not None:
             s += f"[..., {self.start or 0}:{self.stop if self.stop is not None else ''}]"
+        if len(self.ranks) > 1:
+            s = f"concat over ranks {list(self.ranks)} of {s}"
         return s
 
 
@@ -115,10 +120,17 @@ class RecordIndex:
 
     def __init__(self, run: Run, rank: int = 0) -> None:
         self.run = run
+        self.rank = rank
         self.by_key: dict[tuple, Record] = {r.key: r for r in run.records(rank=rank)}
+        self._other: dict[int, dict[tuple, Record]] = {}
 
-    def get(self, step: int, ref: Ref) -> Record | None:
-        return self.by_key.get((step, ref.module, ref.call, ref.role, ref.path))
+    def get(self, step: int, ref: Ref, rank: int | None = None) -> Record | None:
+        key = (step, ref.module, ref.call, ref.role, ref.path)
+        if rank is None or rank == self.rank:
+            return self.by_key.get(key)
+        if rank not in self._other:
+            self._other[rank] = {r.key: r for r in self.run.records(rank=rank)}
+        return self._other[rank].get(key)
 
     def has(self, step: int, ref: Ref) -> bool:
         rec = self.get(step, ref)
@@ -127,16 +139,19 @@ class RecordIndex:
 
 def evaluate(index: RecordIndex, step: int, expr: AnchorExpr) -> torch.Tensor | None:
     """The anchor's tensor (float64) at ``step``, or None when a term has no data."""
-    total = None
-    for ref in expr.terms:
-        rec = index.get(step, ref)
-        if rec is None or not rec.has_data:
-            return None
-        t = index.run.load(rec).to(torch.float64)
-        total = t if total is None else total + t
-    if expr.start is not None or expr.stop is not None:
-        total = total[..., expr.start:expr.stop]
-    return total
+    pieces = []
+    for rank in expr.ranks:
+        total = None
+        for ref in expr.terms:
+            rec = index.get(step, ref, rank)
+            if rec is None or not rec.has_data:
+                return None
+            t = index.run.load(rec).to(torch.float64)
+            total = t if total is None else total + t
+        if expr.start is not None or expr.stop is not None:
+            total = total[..., expr.start:expr.stop]
+        pieces.append(total)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
 
 
 TokenKey = tuple[int, int]

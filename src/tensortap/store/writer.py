@@ -87,6 +87,12 @@ class RankWriter:
         tensors: dict[str, torch.Tensor] = {}
         shard = None
         for rec, t in entries:
+            # A record of a tensor already stored unchanged (the capture pipeline's
+            # de-duplication) points at that record's shard tensor: earlier in this loop,
+            # or in an earlier, already published shard.
+            same = rec.pop("_same_as", None)
+            if same is not None and "shard" in same:
+                rec["shard"], rec["tensor"] = same["shard"], same["tensor"]
             if t is None:
                 continue
             if shard is None:

@@ -50,7 +50,7 @@ class _Side:
             width = rec.shape[-1]
             lo, hi, _ = slice(expr.start, expr.stop).indices(width)
             per_row = per_row // width * (hi - lo)
-        return per_row
+        return per_row * len(expr.ranks)
 
 
 class AnchorMapping:

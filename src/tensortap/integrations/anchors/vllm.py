@@ -7,10 +7,16 @@ vLLM's layouts differ from transformers' (vllm#9332, nnterp#42, nnsight#630):
 - a decoder layer returns ``(mlp_out, residual)`` and defers the residual add into the
   next layer's fused add+RMSNorm, so the HF-equivalent stream is their sum;
 - ``input_layernorm(h, residual)`` returns ``(normed, h + residual)``;
-- ``logits_processor`` computes logits for the last token of each request only.
+- ``logits_processor`` computes logits for the last token of each request only;
+- with tensor parallelism, column-parallel outputs (fused QKV, gate/up) are per-rank
+  shards, split per rank before concatenating (replicated KV heads taken once); row-parallel
+  outputs (o_proj, down_proj), embeddings and layer outputs are all-reduced, so rank 0's
+  copy is the whole tensor.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from tensortap.compare.anchors import AnchorExpr, AnchorSet, RecordIndex, Ref
 from tensortap.integrations.anchors.common import (
@@ -19,8 +25,24 @@ from tensortap.integrations.anchors.common import (
 from tensortap.store.reader import Run
 
 
-def _sizes(run: Run) -> tuple[int, int, int] | None:
-    cfg = model_config(run)
+@dataclass(frozen=True)
+class Shards:
+    """Per-rank widths of the column-parallel outputs, and which ranks hold distinct pieces."""
+
+    q: int
+    kv: int
+    inter: int
+    all_ranks: tuple[int, ...]
+    kv_ranks: tuple[int, ...]
+
+
+def shard_layout(cfg: dict, tp: int) -> Shards | None:
+    """QKVParallelLinear / MergedColumnParallelLinear widths on each of ``tp`` ranks.
+
+    Query heads and the MLP are split evenly. KV heads are split while tp <= num_kv_heads;
+    beyond that each KV head is replicated on tp / num_kv_heads consecutive ranks, so
+    only every (tp / num_kv_heads)-th rank holds a distinct K and V.
+    """
     try:
         heads = int(cfg["num_attention_heads"])
         kv = int(cfg.get("num_key_value_heads") or heads)
@@ -28,10 +50,16 @@ def _sizes(run: Run) -> tuple[int, int, int] | None:
         inter = int(cfg["intermediate_size"])
     except (KeyError, TypeError, ValueError):
         return None
+    replicas = tp // kv if tp > kv else 1
+    ranks = tuple(range(tp))
+    return Shards(heads * head_dim // tp, max(kv // tp, 1) * head_dim, inter // tp,
+                  ranks, ranks[::replicas])
+
+
+def _sizes(run: Run) -> Shards | None:
     par = run.info.get("parallel") or {}
-    tp = int(par.get("tp_size") or par.get("world_size") or 1)
-    # KV heads are replicated when tp > num_kv_heads (QKVParallelLinear).
-    return heads * head_dim // tp, max(kv // tp, 1) * head_dim, inter // tp
+    tp = int(par.get("tp_size") or 1)
+    return shard_layout(model_config(run), tp)
 
 
 def anchor_set(run: Run, index: RecordIndex) -> AnchorSet:
@@ -61,19 +89,19 @@ def anchor_set(run: Run, index: RecordIndex) -> AnchorSet:
             put(a + "attn_in", one(f"{L}.input_layernorm", "output", ("0", "")))
             qkv = first_ref(index, step, f"{L}.self_attn.qkv_proj", "output", ("0", ""))
             if qkv and sizes:
-                q, kv, _ = sizes
-                put(a + "q", AnchorExpr((qkv,), 0, q))
-                put(a + "k", AnchorExpr((qkv,), q, q + kv))
-                put(a + "v", AnchorExpr((qkv,), q + kv, q + 2 * kv))
+                q, kv = sizes.q, sizes.kv
+                put(a + "q", AnchorExpr((qkv,), 0, q, ranks=sizes.all_ranks))
+                put(a + "k", AnchorExpr((qkv,), q, q + kv, ranks=sizes.kv_ranks))
+                put(a + "v", AnchorExpr((qkv,), q + kv, q + 2 * kv, ranks=sizes.kv_ranks))
             put(a + "o", one(f"{L}.self_attn.o_proj", "output", ("0", "")))
             put(a + "attn_out", one(f"{L}.self_attn", "output", ("", "0")))
             put(a + "resid_mid", one(f"{L}.post_attention_layernorm", "output", ("1",)))
             put(a + "mlp_in", one(f"{L}.post_attention_layernorm", "output", ("0",)))
             gu = first_ref(index, step, f"{L}.mlp.gate_up_proj", "output", ("0", ""))
             if gu and sizes:
-                inter = sizes[2]
-                put(a + "gate", AnchorExpr((gu,), 0, inter))
-                put(a + "up", AnchorExpr((gu,), inter, 2 * inter))
+                inter = sizes.inter
+                put(a + "gate", AnchorExpr((gu,), 0, inter, ranks=sizes.all_ranks))
+                put(a + "up", AnchorExpr((gu,), inter, 2 * inter, ranks=sizes.all_ranks))
             put(a + "down", one(f"{L}.mlp.down_proj", "output", ("0", "")))
             put(a + "mlp_out", one(f"{L}.mlp", "output", ("",)))
             o0 = first_ref(index, step, L, "output", ("0",))

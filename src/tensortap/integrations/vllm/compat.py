@@ -22,6 +22,11 @@ def vllm_version() -> str:
 
 
 # -- workers and model runners -----------------------------------------------------
+# Methods wrapped on single instances (never on their classes), v1/worker/gpu_model_runner.py
+# and gpu_worker.py:
+RUNNER_STEP_METHOD = "execute_model"  # runs one scheduled batch: its model forward is a step
+RUNNER_DUMMY_METHOD = "_dummy_run"  # memory profiling, warm-up, CUDA-graph capture, DP padding
+WORKER_SHUTDOWN_METHOD = "shutdown"  # what vLLM calls when it stops the worker
 def unwrap_worker(obj: Any) -> Any:
     """The concrete worker (``CPUWorker``, ``Worker``) behind what ``collective_rpc`` hands a
     function: vLLM passes its ``WorkerWrapperBase``, which forwards attributes to ``.worker``."""
@@ -207,6 +212,10 @@ def is_serialization_refusal(e: BaseException) -> bool:
 
 
 # -- the plugin's two entry points -----------------------------------------------------
+ENGINE_CONFIG_METHOD = "create_engine_config"  # EngineArgs -> VllmConfig, before any engine process
+WORKER_LOAD_METHOD = "load_model"  # the worker loads its model; the runner exists from here on
+
+
 def engine_args_class() -> type:
     """The class whose ``create_engine_config`` turns CLI/LLM arguments into a VllmConfig."""
     from vllm.engine.arg_utils import EngineArgs

@@ -40,11 +40,14 @@ def _hookable_class(cls: type) -> type:
     return sub
 
 
-def make_hooks_fire(model: nn.Module) -> list[tuple[nn.Module, type]]:
+def make_hooks_fire(model: nn.Module, skip_compiled: bool = False) -> list[tuple[nn.Module, type]]:
     """Give every compile-decorated module in ``model`` back ``nn.Module.__call__``.
 
     Returns ``(module, original_class)`` pairs for :func:`restore`. Raises
-    :class:`CompiledModuleError` (changing nothing) if one of them is really compiled.
+    :class:`CompiledModuleError` (changing nothing) if one of them is really compiled,
+    unless ``skip_compiled``: then such a module is left as it is (its own hooks cannot
+    fire, but Dynamo traces the hooks of the modules its forward calls; the vLLM compile
+    ladder's compile-safe taps rely on that).
     """
     targets = []
     for name, module in model.named_modules():
@@ -54,6 +57,8 @@ def make_hooks_fire(model: nn.Module) -> list[tuple[nn.Module, type]]:
         if getattr(cls, "_tensortap_original_class", None) is not None:
             continue  # already hookable (a second capture on the same model)
         if not compat.decorated_call_is_plain_forward(module):
+            if skip_compiled:
+                continue
             raise CompiledModuleError(
                 f"module {name or '<root>'!r} ({cls.__qualname__}) runs under torch.compile")
         targets.append((module, cls))

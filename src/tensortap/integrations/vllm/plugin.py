@@ -10,8 +10,9 @@ When active it wraps two vLLM methods, in that process only:
 
 - ``EngineArgs.create_engine_config`` (API process, before the engine exists): switch
   on ``enforce_eager`` (no torch.compile, no CUDA graphs: hooks do not fire inside
-  them), default prefix caching off (cached tokens skip the forward), say so on stderr,
-  and create the run directory once;
+  them), default prefix caching off (cached tokens skip the forward), give workers
+  time to finish writing at shutdown (``shutdown_timeout``), say so on stderr, and
+  create the run directory once;
 - ``Worker.load_model`` (each worker): once the model is loaded, attach a capture to it
   (worker.py; everything done to vLLM objects there is per instance) and finalize the
   run when vLLM shuts the worker down.
@@ -54,8 +55,8 @@ def activate(config: Any) -> None:
     from tensortap.integrations.vllm import compat
 
     _config = config
-    _wrap(compat.engine_args_class(), "create_engine_config", _config_wrapper)
-    _wrap(compat.worker_class_with_load_model(), "load_model", _load_model_wrapper)
+    _wrap(compat.engine_args_class(), compat.ENGINE_CONFIG_METHOD, _config_wrapper)
+    _wrap(compat.worker_class_with_load_model(), compat.WORKER_LOAD_METHOD, _load_model_wrapper)
 
 
 def unregister() -> None:
@@ -63,16 +64,20 @@ def unregister() -> None:
     global _config
     while _originals:
         cls, name, original = _originals.pop()
-        setattr(cls, name, original)
+        if original is None:
+            delattr(cls, name)  # it was inherited: drop our shadowing wrapper
+        else:
+            setattr(cls, name, original)
     _config = None
     _prepared.clear()
 
 
 def _wrap(cls: type, name: str, make: Callable[[Callable], Callable]) -> None:
-    original = cls.__dict__[name]
+    own = cls.__dict__.get(name)
+    original = own if own is not None else getattr(cls, name)
     wrapper = functools.wraps(original)(make(original))
     wrapper.__tensortap_wrapped__ = original  # type: ignore[attr-defined]
-    _originals.append((cls, name, original))
+    _originals.append((cls, name, own))
     setattr(cls, name, wrapper)
 
 

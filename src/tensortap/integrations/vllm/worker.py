@@ -80,6 +80,11 @@ def _without_termination_signals(fn: Callable[[], Any]) -> Any:
 class WorkerCapture:
     """One rank's capture: a CaptureSession on the runner's model plus the vLLM glue."""
 
+    # Subclasses (the compile ladder's taps) swap in a session whose hooks survive
+    # torch.compile and leave really-compiled decorated modules alone.
+    session_class: type[CaptureSession] = CaptureSession
+    skip_compiled_modules = False
+
     def __init__(self, worker: Any, config: CaptureConfig, mode: str,
                  prompt_base: int | None = None, engine_extra: dict[str, Any] | None = None) -> None:
         self.worker = worker
@@ -90,7 +95,7 @@ class WorkerCapture:
         self.rank = self.layout["rank"]
         engine = {"name": "vllm", "version": compat.vllm_version(), "mode": mode,
                   **compat.engine_settings(worker), "parallel": self.layout, **(engine_extra or {})}
-        self.session = CaptureSession(
+        self.session = self.session_class(
             self.model, config, rank=self.rank, world_size=self.layout["world_size"],
             write_run_json=self.rank == 0, engine=engine, prepare_dir=False)
         self.session.parallel_extra = {k: self.layout[k] for k in ("tp_rank", "tp_size", "pp_rank", "pp_size")}
@@ -109,16 +114,16 @@ class WorkerCapture:
     def start(self) -> dict[str, Any]:
         if compat.prefix_caching_on(self.worker):
             self.session.warnings.append(PREFIX_CACHING_WARNING)
-        self._swapped = hookable.make_hooks_fire(self.model)
+        self._swapped = hookable.make_hooks_fire(self.model, skip_compiled=self.skip_compiled_modules)
         try:
             self.session.step_gate = self._is_real_step
             self.session.start()
             # After the session's own root pre-hook, so session.step is already this step's.
             self._token_hook = self.model.register_forward_pre_hook(self._record_tokens, with_kwargs=True)
-            self._undo.append(_wrap_instance_method(self.runner, "execute_model", self._wrap_execute))
-            self._undo.append(_wrap_instance_method(self.runner, "_dummy_run", self._wrap_dummy))
+            self._undo.append(_wrap_instance_method(self.runner, compat.RUNNER_STEP_METHOD, self._wrap_execute))
+            self._undo.append(_wrap_instance_method(self.runner, compat.RUNNER_DUMMY_METHOD, self._wrap_dummy))
             if self.mode == "plugin":
-                self._undo.append(_wrap_instance_method(self.worker, "shutdown", self._wrap_shutdown))
+                self._undo.append(_wrap_instance_method(self.worker, compat.WORKER_SHUTDOWN_METHOD, self._wrap_shutdown))
                 # The process ending is the normal end of a served capture: finalize it as
                 # complete (runs before the session's own "exited inside capture" handler).
                 self._atexit = self._stop_at_exit
