@@ -113,9 +113,9 @@ def dir_bytes(path: str | Path) -> int:
     return total
 
 
-def compare_il_style(dir1: Path, dir2: Path, metrics: Callable[[torch.Tensor, torch.Tensor], dict]
-                     ) -> dict[str, dict]:
-    """Pair ``.pt`` files by relative path, ``torch.load`` both, compute ``metrics`` on the pair."""
+def compare_il_style(dir1: Path, dir2: Path, metrics: Callable[[str, torch.Tensor, torch.Tensor], Any]
+                     ) -> dict[str, Any]:
+    """Pair ``.pt`` files by relative path, ``torch.load`` both, compute ``metrics(path, a, b)``."""
     rows: dict[str, dict] = {}
     for p1 in sorted(dir1.rglob("*.pt")):
         rel = p1.relative_to(dir1)
@@ -128,5 +128,5 @@ def compare_il_style(dir1: Path, dir2: Path, metrics: Callable[[torch.Tensor, to
         if a.shape != b.shape or a.dtype != b.dtype:
             rows[str(rel)] = {"error": "shape or dtype mismatch"}
             continue
-        rows[str(rel)] = metrics(a, b)
+        rows[str(rel)] = metrics(rel.as_posix(), a, b)
     return rows

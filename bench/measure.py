@@ -8,6 +8,7 @@ is the median over rounds.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -23,12 +24,18 @@ def interleave(variants: dict[str, Timed], rounds: int, warmup: int = 1) -> dict
     """Run every variant once per round, rotating the order; returns each one's timings.
 
     The first ``warmup`` rounds are run and discarded (lazy imports, page cache, allocator).
+    A full garbage collection and an ``os.sync()`` run (untimed) before every variant.
     """
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + rounds):
         k = r % len(names)
         for n in names[k:] + names[:k]:
+            # Garbage left by one variant must not be collected on another's clock, and
+            # its dirty pages not written back by another's fsync (ext4's journal commit
+            # writes out other files' data too).
+            gc.collect()
+            os.sync()
             t = variants[n]()
             if r >= warmup:
                 times[n].append(t)
@@ -43,6 +50,16 @@ def timer() -> Callable[[], float]:
     """``stop = timer(); ...; seconds = stop()``."""
     t0 = time.perf_counter()
     return lambda: time.perf_counter() - t0
+
+
+def cpu_timer(key: str, into: dict[str, list[float]]) -> Callable[[], float]:
+    """Like ``timer``, and also appends the process CPU time (all threads) to ``into[key]``."""
+    t0, c0 = time.perf_counter(), time.process_time()
+
+    def stop() -> float:
+        into.setdefault(key, []).append(time.process_time() - c0)
+        return time.perf_counter() - t0
+    return stop
 
 
 # -- memory --------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ ALIGN = 64
 """Every slot starts on a cache line (and so on any dtype's alignment)."""
 
 _MIN_SPAN = 64 * 2**20
-_POPULATE_LEAD = 32 * 2**20
+_POPULATE_LEAD = 16 * 2**20
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
 
 

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "tensortap.cli.cmd_verify",
     "tensortap.cli.cmd_diff",
     "tensortap.cli.cmd_localize",
+    "tensortap.cli.cmd_vllm_ladder",
 ]
 
 
