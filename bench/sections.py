@@ -155,8 +155,8 @@ def capture_overhead(ctx: Ctx) -> Section:
                   "same interval, which background load barely changes: it is what the capture costs "
                   "when no core is idle.")
     sec.rows.append(Row("bare forward (no capture)", f"{_ms(b)}; CPU {_ms(mcpu['bare'])}"))
-    for key, label in (("tensortap", "tensortap full capture (durable, default)"),
-                       ("tensortap-nd", "tensortap full capture (durable=False)"),
+    for key, label in (("tensortap", "tensortap, first step of a fresh session (durable, default)"),
+                       ("tensortap-nd", "tensortap, first step of a fresh session (durable=False)"),
                        ("tensortap-steady", "tensortap, a later step of one open session (durable)"),
                        ("vllm", "vLLM intermediate logging (reimplemented: sync torch.save per tensor)"),
                        ("hf", "transformers model_addition_debugger_context (use_repr=False)")):
@@ -165,7 +165,8 @@ def capture_overhead(ctx: Ctx) -> Section:
         sec.rows.append(Row(label, f"{_ms(med[key])} ({med[key] / b:.2f}x bare); CPU {_ms(mcpu[key])} "
                                    f"({mcpu[key] / mcpu['bare']:.2f}x)", note=note))
     for base, label, goal in (("vllm", "vLLM-style", 3.0), ("hf", "transformers debugger", 2.0)):
-        for key, how in (("tensortap", "durable"), ("tensortap-nd", "durable=False")):
+        for key, how in (("tensortap-steady", "later step, durable"), ("tensortap", "fresh session, durable"),
+                         ("tensortap-nd", "fresh session, durable=False")):
             r = med[base] / med[key]
             over = (med[base] - b) / max(med[key] - b, 1e-9)
             cpu_over = (mcpu[base] - mcpu["bare"]) / max(mcpu[key] - mcpu["bare"], 1e-9)
@@ -293,7 +294,7 @@ def filtered_capture(ctx: Ctx) -> Section:
 
 
 def import_cost(ctx: Ctx) -> Section:
-    k = 2 if ctx.quick else 4
+    k = 2 if ctx.quick else 6
     res: dict[int, list[dict]] = {0: [], 1: []}
     for i in range(2 * k):
         flag = i % 2 if (i // 2) % 2 == 0 else 1 - i % 2  # 0 1 1 0 0 1 1 0: balanced order
