@@ -29,7 +29,7 @@ from tensortap.capture.pipeline import WriterPipeline
 from tensortap.capture.plan import PlannedModule, plan_modules
 from tensortap.errors import ConfigError, TensortapError
 from tensortap.store import format as fmt
-from tensortap.store.jsonio import atomic_write_json
+from tensortap.store.jsonio import atomic_write_json, release_space, reserve_space
 from tensortap.store.writer import RankWriter
 
 # safetensors cannot store these; such tensors keep statistics only.
@@ -119,6 +119,7 @@ class CaptureSession:
         self._seq = 0
         self._lock = threading.Lock()
         self._pipeline: WriterPipeline | None = None
+        self._reserve: Path | None = None
         self._started_at = 0.0
         self._atexit: Callable[[], None] | None = None
         self._want_inputs = "inputs" in config.roles
@@ -158,6 +159,8 @@ class CaptureSession:
         if self.write_run_json:
             self._write_run_json("incomplete", "capture in progress")
         writer.write_status({"status": "incomplete", "reason": "capture in progress", "pid": os.getpid()})
+        # On a full disk the closing status.json/run.json must still fit: keep room for them.
+        self._reserve = reserve_space(writer.dir)
         self.planned = plan_modules(self.model, self.config)
         self._install_hooks()
         self.active = True
@@ -198,6 +201,8 @@ class CaptureSession:
             "peak_pending_bytes": pipeline.peak_pending,
             "never_fired": never, "warnings": self.warnings,
         }
+        release_space(self._reserve)
+        self._reserve = None
         try:
             pipeline.writer.write_status(summary)
             if self.write_run_json:

@@ -49,3 +49,34 @@ def atomic_write_json(path: Path, obj: Any, durable: bool = True) -> None:
 def read_json_file(path: Path) -> Any:
     with open(path, "rb") as f:
         return json.loads(f.read())
+
+
+RESERVE_NAME = ".reserve"
+RESERVE_BYTES = 256 * 1024
+
+
+def reserve_space(folder: Path, nbytes: int = RESERVE_BYTES) -> Path | None:
+    """Hold ``nbytes`` of real disk blocks in ``folder`` so the final status files can still
+    be written after the disk fills up (release_space frees them first). Best effort."""
+    path = Path(folder) / RESERVE_NAME
+    try:
+        with open(path, "wb") as f:
+            f.write(b"\0" * nbytes)  # written, not truncated: sparse files reserve nothing
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+    except OSError:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+
+
+def release_space(path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        path.unlink()
+    except OSError:
+        pass
