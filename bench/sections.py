@@ -99,27 +99,22 @@ def capture_overhead(ctx: Ctx) -> Section:
             return t
         return run
 
-    def vllm() -> float:
-        m = models["vllm"]
-        out = ctx.fresh("vllm")
-        with VllmStyleLogger(m, out):
-            stop = cpu_timer("vllm", cpu)
-            forward(m, ids)
-            t = stop()
-        sizes["vllm"] = dir_bytes(out)
-        shutil.rmtree(out)
-        return t
+    def baseline(key: str, tool):
+        """A timed forward under one of the synchronous tools we replace."""
+        def run() -> float:
+            m = models[key]
+            out = ctx.fresh(key)
+            with tool(m, out):
+                stop = cpu_timer(key, cpu)
+                forward(m, ids)
+                t = stop()
+            sizes[key] = dir_bytes(out)
+            shutil.rmtree(out)
+            return t
+        return run
 
-    def hf() -> float:
-        m = models["hf"]
-        out = ctx.fresh("hf")
-        with hf_debugger(m, out):
-            stop = cpu_timer("hf", cpu)
-            forward(m, ids)
-            t = stop()
-        sizes["hf"] = dir_bytes(out)
-        shutil.rmtree(out)
-        return t
+    vllm = baseline("vllm", VllmStyleLogger)
+    hf = baseline("hf", hf_debugger)
 
     # One tensortap session stays open across steps on its own copy: the steady state of
     # a multi-step capture (generate), where the copy buffers are warm.

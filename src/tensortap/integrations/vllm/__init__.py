@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tensortap.lazy import lazy_getattr
+
 if TYPE_CHECKING:
     from tensortap.integrations.vllm.llm import VllmCapture, capture
     from tensortap.integrations.vllm.offline import capture_generate
@@ -26,11 +28,4 @@ _LAZY = {
     "capture_generate": "tensortap.integrations.vllm.offline",
 }
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tensortap.lazy import lazy_getattr
+
 if TYPE_CHECKING:
     from tensortap.integrations.vllm.ladder.api import run_ladder
     from tensortap.integrations.vllm.ladder.result import LadderResult, RungOutcome
@@ -31,11 +33,4 @@ _LAZY = {
     "RUNGS": "tensortap.integrations.vllm.ladder.rungs",
 }
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _LAZY)
