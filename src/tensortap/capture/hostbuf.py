@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import threading
 from collections import deque
 
 import torch
@@ -40,6 +41,49 @@ def _libc_madvise():
 
 
 _madvise = _libc_madvise()
+_MADV_FREE = getattr(mmap, "MADV_FREE", 8)
+
+
+class _SparePool:
+    """The arena of the last closed ring, kept for the next session in this process.
+
+    A new session otherwise starts on fresh pages, and first-touching them (the kernel
+    zeroing each page, on a virtual machine the host backing it too) cost up to 2 ms per
+    MiB on the benchmark machine: more than the capture itself on a first step. The pages
+    are handed back with ``MADV_FREE``, so the kernel reclaims them whenever it needs the
+    memory, and a session that reuses them before that finds them still mapped.
+    Only one arena is kept, and only reused by a ring of the same capacity.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spare: tuple[mmap.mmap, torch.Tensor, int] | None = None
+
+    def take(self, capacity: int) -> tuple[mmap.mmap, torch.Tensor, int] | None:
+        with self._lock:
+            spare = self._spare
+            if spare is None or len(spare[0]) != capacity:
+                return None
+            self._spare = None
+            return spare
+
+    def give(self, mm: mmap.mmap, arena: torch.Tensor, populated: int) -> None:
+        if populated > 0 and _madvise is not None:
+            _madvise(ctypes.c_void_p(arena.data_ptr()), ctypes.c_size_t(populated), _MADV_FREE)
+        with self._lock:
+            old, self._spare = self._spare, (mm, arena, max(populated, 0))
+        if old is not None:
+            _close_mapping(old[0])
+
+
+def _close_mapping(mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:
+        pass  # a tensor still views it; the mapping is freed with that tensor
+
+
+_spares = _SparePool()
 
 
 class Slot:
@@ -77,6 +121,10 @@ class HostRing:
 
     def _map(self) -> torch.Tensor | None:
         if self._arena is None and not self.failed:
+            spare = _spares.take(self.capacity)
+            if spare is not None:
+                self._mm, self._arena, self._populated = spare
+                return self._arena
             try:
                 mm = mmap.mmap(-1, self.capacity, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
                 if hasattr(mmap, "MADV_HUGEPAGE"):
@@ -91,16 +139,19 @@ class HostRing:
                 self.failed = True
         return self._arena
 
-    def close(self) -> None:
-        """Drop the arena; its memory goes back when the last copy that views it dies."""
+    def close(self, keep: bool = True) -> None:
+        """Drop the arena: kept for the next ring in this process (``_SparePool``) when
+        ``keep`` and no slot is live, else unmapped once no copy views it any more."""
+        live = bool(self._live)
         self._live.clear()
-        self._arena = None
+        arena, self._arena = self._arena, None
         mm, self._mm = self._mm, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:
-                pass  # a tensor still views it; the mapping is freed with that tensor
+        if mm is None:
+            return
+        if keep and not live and arena is not None:
+            _spares.give(mm, arena, self._populated)
+        else:
+            _close_mapping(mm)
 
     # -- allocation -------------------------------------------------------------------
     def in_use(self) -> int:

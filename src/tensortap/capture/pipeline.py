@@ -52,6 +52,12 @@ While the disk is busy, batches grow up to ``shard_bytes`` (or half the budget),
 sustained stream pays few fsyncs. Measured in bench/RESULTS.md."""
 
 
+EARLY_BYTES = 4 * 2**20
+"""A stored tensor at least this large goes to the disk thread before its statistics are
+computed, so writing it overlaps summarising it. Large tensors are where this pays: the
+logits, typically the last record of a step, used to be summarised and only then written,
+all of it after the model had finished (the flush tail)."""
+
 MAX_HANDED = 2
 """Batches handed to the disk thread and not yet published, at most."""
 
@@ -95,6 +101,8 @@ class _Item:
     tokens: bool = False
     same_as: _Item | None = None
     """An earlier record of the very same, unchanged tensor, whose copy this one shares."""
+    ready: bool = True
+    """False while a record handed to the disk early still waits for its statistics."""
 
 
 @dataclass
@@ -311,7 +319,8 @@ class WriterPipeline:
         if not self._thread.is_alive():
             with self._cv:
                 self._queue.clear()
-                self._ring.close()
+                # Reused by the next session only if nothing can still read from it.
+                self._ring.close(keep=self.error is None and not self._disk.is_alive())
 
     # -- consumer side (writer thread) ---------------------------------------------
     def _release_locked(self, items: list[_Item]) -> None:
@@ -424,9 +433,23 @@ class WriterPipeline:
                         self.writer.append_tokens(it.rec)
                         continue
                     self._ring.populate_ahead()  # keep fresh pages ahead of the hooks' copies
-                    self._prepare(it)
                     if not batch:
                         batch_started = time.monotonic()
+                    if it.store and it.same_as is None and it.nbytes >= EARLY_BYTES:
+                        batch.append(it)
+                        self._release(done)
+                        done = []
+                        it.ready = False
+                        self._hand_off(batch)
+                        batch, batch_bytes = [], 0
+                        try:
+                            self._prepare(it)  # while the disk thread writes its data
+                        finally:
+                            with self._cv:
+                                it.ready = True
+                                self._cv.notify_all()
+                        continue
+                    self._prepare(it)
                     batch.append(it)
                     if it.store:
                         batch_bytes += it.nbytes
@@ -473,6 +496,13 @@ class WriterPipeline:
         except BaseException as e:  # noqa: BLE001 - the observed program must survive
             self._set_error(f"writer thread crashed: {type(e).__name__}: {e}")
 
+    def _wait_ready(self, batch: list[_Item]) -> None:
+        """Block until every record of ``batch`` has its statistics (see EARLY_BYTES)."""
+        with self._cv:
+            self._cv.wait_for(lambda: self.error is not None or all(it.ready for it in batch))
+            if self.error is not None:
+                raise RuntimeError(f"capture pipeline failed: {self.error}")
+
     def _disk_loop(self) -> None:
         while True:
             with self._cv:
@@ -489,7 +519,8 @@ class WriterPipeline:
             staged = None
             try:
                 if self.error is None:
-                    staged = self.writer.stage([(it.rec, it.tensor if it.store else None) for it in entry])
+                    staged = self.writer.stage([(it.rec, it.tensor if it.store else None) for it in entry],
+                                               ready=lambda: self._wait_ready(entry))
                     self._release(entry)  # the data is in the page cache now
                     if staged is not None:
                         self.writer.publish(staged)

@@ -146,7 +146,7 @@ class CaptureSession:
             prepare_out_dir(self.out, self.config.overwrite)
         else:
             self.out.mkdir(parents=True, exist_ok=True)
-        writer = RankWriter(self.out, self.rank, durable=self.config.durable)
+        writer = RankWriter(self.out, self.rank, durable=self.config.durable, direct=self.config.direct_io)
         self._pipeline = WriterPipeline(
             writer,
             flush_interval=self.config.flush_interval,
@@ -199,6 +199,7 @@ class CaptureSession:
             "bytes_written": pipeline.writer.bytes_written,
             "dropped_records": pipeline.dropped, "dropped_bytes": pipeline.dropped_bytes,
             "peak_pending_bytes": pipeline.peak_pending,
+            "direct_io": pipeline.writer.direct, "direct_io_refused": pipeline.writer.direct_refused,
             "never_fired": never, "warnings": self.warnings,
         }
         release_space(self._reserve)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from tensortap.store.directio import DirectWriter, open_direct
 from tensortap.store.shardcheck import TORCH_TO_ST
 from tensortap.store.stats import tensor_bytes_view
 
@@ -35,12 +36,24 @@ def _write_all(fd: int, data: memoryview | bytes) -> None:
         view = view[n:]
 
 
-def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> int:
+def write_shard(path: Path, tensors: dict[str, torch.Tensor], direct: bool = False) -> int:
     """Write ``tensors`` (contiguous, CPU) as a safetensors file at ``path``; returns data bytes.
 
-    Not fsynced: the caller decides when the file must be durable.
+    Not fsynced: the caller decides when the file must be durable. ``direct`` writes around
+    the page cache (``store/directio.py``) and raises :class:`DirectUnsupported` if the
+    filesystem refuses, before anything valid is at ``path``; write buffered then.
     """
     order = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
+    head, offset = _header(order)
+    if direct:
+        _write_direct(path, head, order)
+    else:
+        _write_buffered(path, head, order)
+    return offset
+
+
+def _header(order: list[tuple[str, torch.Tensor]]) -> tuple[bytes, int]:
+    """The length prefix and JSON header for tensors in file order, and the data size."""
     header: dict[str, dict] = {}
     offset = 0
     for name, t in order:
@@ -52,12 +65,31 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> int:
         offset += n
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head, offset
+
+
+def _write_buffered(path: Path, head: bytes, order: list[tuple[str, torch.Tensor]]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        _write_all(fd, struct.pack("<Q", len(head)) + head)
+        _write_all(fd, head)
         for _, t in order:
             if t.numel():
                 _write_all(fd, tensor_bytes_view(t.contiguous()))
     finally:
         os.close(fd)
-    return offset
+
+
+def _write_direct(path: Path, head: bytes, order: list[tuple[str, torch.Tensor]]) -> None:
+    fd = open_direct(path)
+    try:
+        w = DirectWriter(fd)
+        try:
+            w.write(torch.frombuffer(bytearray(head), dtype=torch.uint8))
+            for _, t in order:
+                if t.numel():
+                    w.write(t.contiguous().reshape(-1).view(torch.uint8))
+            w.finish()
+        finally:
+            w.release()
+    finally:
+        os.close(fd)

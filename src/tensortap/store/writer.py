@@ -18,12 +18,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
 from tensortap.store import format as fmt
 from tensortap.store.jsonio import atomic_write_json, fsync_dir
+from tensortap.store.directio import DirectUnsupported, direct_supported
 from tensortap.store.shardio import write_shard
 
 
@@ -44,13 +45,17 @@ class RankWriter:
     Not thread-safe: one writer thread owns it.
     """
 
-    def __init__(self, root: Path, rank: int, durable: bool = True) -> None:
+    def __init__(self, root: Path, rank: int, durable: bool = True, direct: bool | None = None) -> None:
         self.root = Path(root)
         self.rank = rank
         self.dir = fmt.rank_dir(self.root, rank)
         self.data_dir = self.dir / fmt.DATA_DIR
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.durable = durable
+        # Durable shards are fsynced at once, so caching them buys nothing (store/directio.py).
+        self.direct = (durable if direct is None else direct) and direct_supported()
+        self.direct_refused: str | None = None
+        """Why direct writes were given up for this run (the filesystem refused them)."""
         self._next_shard = self._first_free_shard()
         mpath = self.dir / fmt.MANIFEST
         _drop_torn_tail(mpath)
@@ -74,12 +79,17 @@ class RankWriter:
         staged = self.stage(entries)
         return 0 if staged is None else self.publish(staged)
 
-    def stage(self, entries: Iterable[tuple[dict[str, Any], torch.Tensor | None]]) -> StagedCommit | None:
+    def stage(self, entries: Iterable[tuple[dict[str, Any], torch.Tensor | None]],
+              ready: Callable[[], None] | None = None) -> StagedCommit | None:
         """First half of ``commit``: the shard written under its temporary name.
 
         Nothing is visible or durable yet. The caller may release the tensors' memory
         afterwards, and must pass the result to ``publish`` (or ``discard``), in order:
         the pipeline stages the next shard while an older one is being fsynced.
+
+        ``ready``, if given, is called after the tensor data is written and before the
+        records are encoded: the pipeline writes a large tensor while its statistics are
+        still being computed, and ``ready`` waits for them (raising aborts the commit).
         """
         entries = list(entries)
         if not entries:
@@ -101,24 +111,37 @@ class RankWriter:
             tensors[name] = t
             rec["shard"] = shard
             rec["tensor"] = name
-        # Encoded before anything touches the disk: a record that is not valid JSON
-        # fails the commit without leaving a shard behind.
-        lines = b"".join(
-            (json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n").encode()
-            for rec, _ in entries
-        )
-        staged = StagedCommit(lines, len(entries))
+        # Encoded before anything touches the disk where possible: a record that is not
+        # valid JSON then fails the commit without leaving a shard behind.
+        staged = StagedCommit(b"" if ready else _encode(entries), len(entries))
         if tensors:
             staged.final = self.data_dir / shard
             staged.tmp = self.data_dir / f".{shard}.tmp"
-            try:
-                write_shard(staged.tmp, tensors)
-            except BaseException:
+        try:
+            if tensors:
+                self._write_shard(staged.tmp, tensors)
+            if ready is not None:
+                ready()
+                staged.lines = _encode(entries)
+        except BaseException:
+            if staged.tmp is not None:
                 _unlink_quietly(staged.tmp)
-                raise
+            raise
+        if tensors:
             self._next_shard += 1
             staged.nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         return staged
+
+    def _write_shard(self, path: Path, tensors: dict[str, torch.Tensor]) -> None:
+        if self.direct:
+            try:
+                write_shard(path, tensors, direct=True)
+                return
+            except DirectUnsupported as e:
+                # Decided once per run: the filesystem will refuse every shard alike.
+                self.direct = False
+                self.direct_refused = str(e)
+        write_shard(path, tensors)
 
     def publish(self, staged: StagedCommit) -> int:
         """Second half of ``commit``: fsync and rename the shard, then append its manifest lines."""
@@ -187,6 +210,13 @@ class RankWriter:
                     pass
                 f.close()
         self._tokens = None
+
+
+def _encode(entries: list[tuple[dict[str, Any], torch.Tensor | None]]) -> bytes:
+    return b"".join(
+        (json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        for rec, _ in entries
+    )
 
 
 def _unlink_quietly(path: Path) -> None:
