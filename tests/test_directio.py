@@ -37,15 +37,43 @@ def _assorted() -> dict[str, torch.Tensor]:
     }
 
 
-def test_direct_and_buffered_shards_are_byte_identical(tmp_path):
+def _split(path) -> tuple[dict, bytes, int]:
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:], 8 + n
+
+
+def test_direct_and_buffered_shards_hold_the_same_bytes(tmp_path):
     tensors = _assorted()
     n_direct = shardio.write_shard(tmp_path / "direct.safetensors", tensors, direct=True)
     n_plain = shardio.write_shard(tmp_path / "plain.safetensors", tensors)
     assert n_direct == n_plain
-    assert (tmp_path / "direct.safetensors").read_bytes() == (tmp_path / "plain.safetensors").read_bytes()
+    head_d, data_d, start_d = _split(tmp_path / "direct.safetensors")
+    head_p, data_p, start_p = _split(tmp_path / "plain.safetensors")
+    assert head_d == head_p and data_d == data_p
+    assert start_d % directio.BLOCK == 0 and start_p % 8 == 0  # only the header padding differs
     back = load_file(tmp_path / "direct.safetensors")
     for name, t in tensors.items():
         assert torch.equal(back[name], t), name
+
+
+def test_aligned_tensors_are_written_without_staging_and_read_back(tmp_path):
+    from tensortap.capture.hostbuf import HostRing
+
+    ring = HostRing(64 * MiB)
+    g = torch.Generator().manual_seed(1)
+    tensors = {}
+    for i, numel in enumerate([300, 1 << 16, 3 * (1 << 16) + 5, 1 << 20]):  # small, aligned, odd, aligned
+        slot = ring.alloc(numel * 4)
+        t = slot.buf.view(torch.float32)
+        t.copy_(torch.randn(numel, generator=g))
+        tensors[f"t{i}"] = t
+    assert all(t.data_ptr() % directio.BLOCK == 0 for t in tensors.values() if t.numel() * 4 >= 2**16)
+    shardio.write_shard(tmp_path / "d.safetensors", tensors, direct=True)
+    back = load_file(tmp_path / "d.safetensors")
+    for name, t in tensors.items():
+        assert torch.equal(back[name], t), name
+    ring.close(keep=False)
 
 
 def _model() -> nn.Module:
@@ -105,15 +133,22 @@ def test_refused_direct_io_falls_back_to_buffered_writes(tmp_path, monkeypatch):
     assert verify_run(out).ok
 
 
+def _fail_statistics(monkeypatch, when, message: str) -> None:
+    """Fault injection: the writer's statistics raise for tensors matching ``when``
+    (both entry points: whole tensors, and the parts of large ones)."""
+    for name in ("tensor_stats", "stat_sums"):
+        real = getattr(pipeline_mod, name)
+
+        def failing(t, *a, _real=real, **k):
+            if when(t):
+                raise RuntimeError(message)
+            return _real(t, *a, **k)
+
+        monkeypatch.setattr(pipeline_mod, name, failing)
+
+
 def test_stats_failure_of_an_early_handed_tensor_leaves_no_shard_behind(tmp_path, monkeypatch):
-    real = pipeline_mod.tensor_stats
-
-    def failing(t, *a, **k):
-        if t.numel() >= 512 * 4096:
-            raise RuntimeError("injected statistics failure")
-        return real(t, *a, **k)
-
-    monkeypatch.setattr(pipeline_mod, "tensor_stats", failing)
+    _fail_statistics(monkeypatch, lambda t: t.numel() >= 512 * 4096, "injected statistics failure")
     out, info = _capture(tmp_path, "failed", steps=1)
     assert info["status"] == "incomplete"
     assert "injected statistics failure" in info["reason"]
@@ -145,12 +180,7 @@ def test_a_new_session_reuses_the_last_sessions_copy_memory(tmp_path):
 
 def test_spare_arena_is_not_kept_after_a_failed_pipeline(tmp_path, monkeypatch):
     monkeypatch.setattr(hostbuf, "_spares", hostbuf._SparePool())
-    real = pipeline_mod.tensor_stats
-
-    def failing(t, *a, **k):
-        raise RuntimeError("injected")
-
-    monkeypatch.setattr(pipeline_mod, "tensor_stats", failing)
-    _capture(tmp_path, "failed", steps=1)
+    _fail_statistics(monkeypatch, lambda t: True, "injected")
+    _, info = _capture(tmp_path, "failed", steps=1)
+    assert info["status"] == "incomplete"
     assert hostbuf._spares.take(2**30) is None
-    monkeypatch.setattr(pipeline_mod, "tensor_stats", real)

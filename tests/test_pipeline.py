@@ -21,7 +21,8 @@ from tensortap.errors import RunFormatError
 from tensortap.store import writer as writer_mod
 from tensortap.store.shardio import write_shard
 from tensortap.store.sketch import SKETCH_DIM, CountSketch, finish, sketch
-from tensortap.store.stats import PIECE, _stats_reference, float64_pieces, tensor_stats
+from tensortap.store.stats import (PIECE, _stats_reference, float64_pieces, stat_sums, stats_from_sums,
+                                  tensor_stats)
 from tensortap.store.writer import RankWriter
 
 KiB = 1024
@@ -396,3 +397,44 @@ def verify_ok(path) -> bool:
     res = verify_run(path)
     assert not res.errors, [str(p) for p in res.errors]
     return True
+
+
+# -- statistics split between the writer and a thread waiting in flush() ---------------------
+def test_split_sums_equal_the_single_pass():
+    g = torch.Generator().manual_seed(3)
+    for t in (torch.randn(3 * PIECE + 77, generator=g) * 5 + 2,
+              torch.randn(1000, 129, generator=g, dtype=torch.float64),
+              (torch.randn(PIECE + 5, generator=g) + 1e4).to(torch.bfloat16),  # ill-conditioned
+              torch.randn(4001, generator=g, dtype=torch.complex64)):
+        whole = tensor_stats(t).to_json()
+        n = t.numel() * (2 if t.is_complex() else 1)
+        for mid in (1, n // 2, n - 1):
+            parts = stats_from_sums(t, stat_sums(t, 0, mid) + stat_sums(t, mid)).to_json()
+            assert parts.keys() == whole.keys()
+            for k, v in whole.items():
+                assert parts[k] == pytest.approx(v, rel=1e-12, abs=1e-12), (t.dtype, mid, k)
+
+
+def test_a_thread_waiting_in_flush_computes_half_of_a_large_tensors_statistics(tmp_path, monkeypatch):
+    real = writer_mod.RankWriter.publish
+
+    def slow_publish(self, staged):  # keeps flush() waiting while the test offers work
+        time.sleep(0.5)
+        return real(self, staged)
+
+    monkeypatch.setattr(writer_mod.RankWriter, "publish", slow_publish)
+    pipe = WriterPipeline(RankWriter(tmp_path, 0), with_sketch=True)
+    pipe.submit_tensor(_rec(0), torch.randn(1000), store=True)
+    flusher = threading.Thread(target=pipe.flush)
+    flusher.start()
+    deadline = time.monotonic() + 5
+    while pipe._flushers == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    big = torch.randn(16 * PIECE + 11) * 3 - 1  # its first half takes milliseconds: time to wake
+    sk = CountSketch()
+    got = pipe._stats(big, sk)  # this test thread plays the writer
+    flusher.join()
+    pipe.close()
+    assert pipe.assisted == 1
+    assert got.to_json() == pytest.approx(tensor_stats(big).to_json(), rel=1e-12)
+    assert torch.allclose(sk.acc, torch.tensor(sketch(big), dtype=torch.float64), rtol=1e-12, atol=1e-9)

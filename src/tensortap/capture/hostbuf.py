@@ -25,6 +25,19 @@ import torch
 ALIGN = 64
 """Every slot starts on a cache line (and so on any dtype's alignment)."""
 
+PAGE_ALIGN = 4096
+BIG_SLOT = 64 * 2**10
+"""Slots of at least this many bytes start on a page: the disk thread can then hand them
+to an ``O_DIRECT`` write as they are, without a copy (store/directio.py)."""
+
+
+def _align_of(nbytes: int) -> int:
+    return PAGE_ALIGN if nbytes >= BIG_SLOT else ALIGN
+
+
+def _round_up(x: int, align: int) -> int:
+    return -(-x // align) * align
+
 _MIN_SPAN = 64 * 2**20
 _POPULATE_LEAD = 16 * 2**20
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
@@ -163,11 +176,12 @@ class HostRing:
 
     def fits(self, nbytes: int) -> bool:
         """Whether a slot of ``nbytes`` can ever be allocated (when the ring is empty)."""
-        return -(-max(nbytes, 1) // ALIGN) * ALIGN <= self.capacity
+        return _round_up(max(nbytes, 1), _align_of(nbytes)) <= self.capacity
 
     def alloc(self, nbytes: int) -> Slot | None:
         """A slot of ``nbytes``, or None when there is no room now (or it can never fit)."""
-        size = -(-max(nbytes, 1) // ALIGN) * ALIGN
+        align = _align_of(nbytes)
+        size = _round_up(max(nbytes, 1), align)
         if size > self.capacity:
             return None
         arena = self._map()
@@ -178,8 +192,8 @@ class HostRing:
             start = 0
         else:
             tail = self._live[0].start
-            head = self._head
-            if head > tail:  # in use: [tail, head); free: [head, cap) and [0, tail)
+            head = _round_up(self._head, align)
+            if self._head > tail:  # in use: [tail, head); free: [head, cap) and [0, tail)
                 soft = max(_MIN_SPAN, 2 * self._peak_span)
                 if size <= tail and (head + size > soft or head + size > self.capacity):
                     start = 0

@@ -35,14 +35,15 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from tensortap.capture.cudacopy import CudaCopier
 from tensortap.capture.hostbuf import HostRing, Slot
 from tensortap.store.sketch import CountSketch, finish
-from tensortap.store.stats import checksum, tensor_stats
+from tensortap.store.record import TensorStats
+from tensortap.store.stats import StatSums, checksum, stat_sums, stats_from_sums, tensor_stats
 from tensortap.store.writer import RankWriter
 
 COMMIT_BYTES = 32 * 2**20
@@ -57,6 +58,13 @@ EARLY_BYTES = 4 * 2**20
 computed, so writing it overlaps summarising it. Large tensors are where this pays: the
 logits, typically the last record of a step, used to be summarised and only then written,
 all of it after the model had finished (the flush tail)."""
+
+SPLIT_BYTES = 4 * 2**20
+"""A tensor at least this large is summarised by two threads when a ``flush()`` is waiting:
+the waiting thread (the model's, idle until the flush returns) takes half of what is left."""
+
+SPLIT_CHUNK_BYTES = 2 * 2**20
+"""How often (in bytes summarised) the writer looks for a waiting thread to share with."""
 
 MAX_HANDED = 2
 """Batches handed to the disk thread and not yet published, at most."""
@@ -105,6 +113,30 @@ class _Item:
     """False while a record handed to the disk early still waits for its statistics."""
 
 
+class _Assist:
+    """A piece of writer work offered to a thread waiting in ``flush()``.
+
+    Run once, by whichever side claims it first (the waiting thread, or the writer
+    itself when nobody came); its exception is kept for the writer, never raised in the
+    waiting thread.
+    """
+
+    __slots__ = ("fn", "claimed", "done", "result", "error")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.claimed = False
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the writer thread
+            self.error = e
+
+
 @dataclass
 class _Seen:
     """A tensor already copied this step: the copy is reused while the tensor is unchanged."""
@@ -151,6 +183,11 @@ class WriterPipeline:
         self._flush_done = 0
         self._waiting = 0
         """Hooks blocked on the budget: the writer commits at once rather than on its timer."""
+        self._flushers = 0
+        """Threads blocked in ``flush()``: idle, so they can take a share of the statistics."""
+        self._assist: deque[_Assist] = deque()
+        self.assisted = 0
+        """Pieces of statistics computed by threads waiting in ``flush()``."""
         self._closing = False
         self._disk_queue: deque[Any] = deque()
         """Batches, flush markers (ints) and _STOP, for the disk thread, in order."""
@@ -295,15 +332,34 @@ class WriterPipeline:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until everything submitted so far is committed (or the pipeline failed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             self._flush_requested += 1
             target = self._flush_requested
+            self._flushers += 1
             self._cv.notify_all()
-            return self._cv.wait_for(
-                lambda: (self._flush_done >= target or self.error is not None
-                         or not self._thread.is_alive() or not self._disk.is_alive()),
-                timeout,
-            )
+            try:
+                while not (self._flush_done >= target or self.error is not None
+                           or not self._thread.is_alive() or not self._disk.is_alive()):
+                    if self._assist:
+                        task = self._assist.popleft()
+                        task.claimed = True
+                        self.assisted += 1
+                        self._cv.release()
+                        try:
+                            task.run()
+                        finally:
+                            self._cv.acquire()
+                            task.done = True
+                            self._cv.notify_all()
+                        continue
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._cv.wait(left)
+                return True
+            finally:
+                self._flushers -= 1
 
     def close(self, timeout: float | None = None) -> None:
         self.flush(timeout)
@@ -366,14 +422,59 @@ class WriterPipeline:
             it.event.synchronize()  # the device-to-host copy has landed
         if self.with_sketch and not it.store:
             sk = CountSketch()
-            it.rec["stats"] = tensor_stats(t, on_piece=sk.update).to_json()
+            it.rec["stats"] = self._stats(t, sk).to_json()
             sketch = finish(sk, t)
             if sketch is not None:
                 it.rec["sketch"] = list(sketch)
         else:
-            it.rec["stats"] = tensor_stats(t).to_json()
+            it.rec["stats"] = self._stats(t, None).to_json()
         if it.store:
             it.rec["checksum"] = checksum(t)
+
+    def _stats(self, t: torch.Tensor, sk: CountSketch | None) -> TensorStats:
+        """``tensor_stats`` (feeding ``sk``), shared with a thread waiting in ``flush()``.
+
+        The last tensors of a step (the logits, typically the largest) are summarised
+        while the model's thread waits for the flush. A large tensor is therefore taken in
+        chunks, and once a thread is waiting, half of what remains is offered to it.
+        """
+        on_piece = sk.update if sk is not None else None
+        if t.numel() * t.element_size() < SPLIT_BYTES:
+            return tensor_stats(t, on_piece=on_piece)
+        n = t.numel() * (2 if t.is_complex() else 1)
+        chunk = max(1, n * SPLIT_CHUNK_BYTES // (t.numel() * t.element_size()))
+        sums = StatSums()
+        task: _Assist | None = None
+        sk2 = None
+        pos, end = 0, n
+        while pos < end:
+            if task is None and self._flushers and end - pos >= 2 * chunk:
+                mid = pos + (end - pos) // 2
+                sk2 = CountSketch(sk.dim) if sk is not None else None
+                task = _Assist(lambda m=mid, s2=sk2: stat_sums(t, m, None, s2.update if s2 is not None else None))
+                with self._cv:
+                    self._assist.append(task)
+                    self._cv.notify_all()
+                end = mid
+            stop = min(pos + chunk, end)
+            sums = sums + stat_sums(t, pos, stop, on_piece)
+            pos = stop
+        if task is not None:
+            with self._cv:
+                run_here = not task.claimed  # nobody came: do it here
+                if run_here:
+                    self._assist.remove(task)
+                    task.claimed = True
+                else:
+                    self._cv.wait_for(lambda: task.done)
+            if run_here:
+                task.run()
+            if task.error is not None:
+                raise task.error
+            if sk is not None:
+                sk.acc.add_(sk2.acc)
+            sums = sums + task.result
+        return stats_from_sums(t, sums)
 
     def _hand_off(self, batch: list[_Item]) -> None:
         """Queue a prepared batch for the disk thread, which writes and publishes it."""

@@ -34,6 +34,9 @@ STAGE_BYTES = 8 * 2**20
 """Staging buffer per writing thread: large enough that a write costs few syscalls,
 small enough to stay in the machine's caches between the copy and the write."""
 
+ZERO_COPY_MIN = 16 * BLOCK
+"""Aligned tensors at least this large are written from their own memory, not staged."""
+
 _MAX_POOLED = 2
 
 
@@ -101,6 +104,12 @@ class DirectWriter:
 
     def write(self, data: torch.Tensor) -> None:
         pos, n = 0, data.numel()
+        if n >= ZERO_COPY_MIN and self._fill % BLOCK == 0 and data.data_ptr() % BLOCK == 0:
+            # Aligned in memory and in the file (the capture ring page-aligns large copies;
+            # the header is padded to a block): the disk reads the bytes where they are.
+            self._drain(self._fill)
+            pos = n - n % BLOCK
+            self._write_from(memoryview(data[:pos].numpy()))
         while pos < n:
             take = min(n - pos, STAGE_BYTES - self._fill)
             self._stage[self._fill:self._fill + take].copy_(data[pos:pos + take])
@@ -125,7 +134,16 @@ class DirectWriter:
             _pool.put(buf)
 
     def _drain(self, length: int) -> None:
-        view = memoryview(self._buf[0])[:length]
+        if length:
+            view = memoryview(self._buf[0])[:length]
+            try:
+                self._write_from(view)
+            finally:
+                view.release()
+        self._fill = 0
+
+    def _write_from(self, view: memoryview) -> None:
+        length = len(view)
         try:
             done = 0
             while done < length:
@@ -140,6 +158,3 @@ class DirectWriter:
             if e.errno == errno.EINVAL:
                 raise DirectUnsupported(e.errno, f"O_DIRECT write refused: {e.strerror}") from e
             raise
-        finally:
-            view.release()
-        self._fill = 0

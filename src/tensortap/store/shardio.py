@@ -7,7 +7,7 @@ renames; two layers of temporary files buy nothing). Writing directly also lets 
 go from the capture buffers to the file with no intermediate copy.
 
 The layout is safetensors' own: ``u64 little-endian N``, ``N`` bytes of JSON header
-(padded with spaces to a multiple of 8), then the tensors back to back. Tensors are laid
+(padded with spaces to a multiple of 8; to 4096 for direct writes), then the tensors back to back. Tensors are laid
 out by element size, largest first (as safetensors does), so every tensor starts at a
 multiple of its element size and memory-mapped reads are aligned.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from tensortap.store.directio import DirectWriter, open_direct
+from tensortap.store.directio import BLOCK, DirectWriter, open_direct
 from tensortap.store.shardcheck import TORCH_TO_ST
 from tensortap.store.stats import tensor_bytes_view
 
@@ -44,7 +44,9 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], direct: bool = Fal
     filesystem refuses, before anything valid is at ``path``; write buffered then.
     """
     order = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
-    head, offset = _header(order)
+    # Direct writes pad the header (with spaces, as the format allows) to a whole block,
+    # so the tensors start block-aligned in the file and can be written without a copy.
+    head, offset = _header(order, BLOCK if direct else 8)
     if direct:
         _write_direct(path, head, order)
     else:
@@ -52,8 +54,9 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], direct: bool = Fal
     return offset
 
 
-def _header(order: list[tuple[str, torch.Tensor]]) -> tuple[bytes, int]:
-    """The length prefix and JSON header for tensors in file order, and the data size."""
+def _header(order: list[tuple[str, torch.Tensor]], align: int) -> tuple[bytes, int]:
+    """The length prefix and JSON header (padded so the data starts at a multiple of
+    ``align``) for tensors in file order, and the data size."""
     header: dict[str, dict] = {}
     offset = 0
     for name, t in order:
@@ -64,7 +67,7 @@ def _header(order: list[tuple[str, torch.Tensor]]) -> tuple[bytes, int]:
         header[name] = {"dtype": TORCH_TO_ST[dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
         offset += n
     head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)
+    head += b" " * (-(len(head) + 8) % align)
     return struct.pack("<Q", len(head)) + head, offset
 
 

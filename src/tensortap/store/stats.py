@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import zlib
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -110,25 +111,39 @@ def _count_zero(a: np.ndarray) -> int:
     return int(np.count_nonzero(np.equal(a, 0, out=mask)))
 
 
-def tensor_stats(t: torch.Tensor, on_piece: PieceHook | None = None) -> TensorStats:
-    """Statistics over every element, in float64; NaN/Inf are counted and excluded.
+@dataclass
+class StatSums:
+    """The running sums of one pass over (part of) a flat tensor; parts combine with ``+``."""
 
-    ``on_piece(offset, float64_piece)`` sees every piece of the first pass (the stats-mode
-    sketch rides along instead of converting the tensor again).
+    total: float = 0.0
+    sumsq: float = 0.0
+    mn: float = math.inf
+    mx: float = -math.inf
+    zeros: int = 0
+    single: torch.Tensor | None = None
+    """The float64 copy of the whole tensor when it was one piece (saves the second pass)."""
+
+    def __add__(self, o: "StatSums") -> "StatSums":
+        return StatSums(self.total + o.total, self.sumsq + o.sumsq, min(self.mn, o.mn),
+                        max(self.mx, o.mx), self.zeros + o.zeros, None)
+
+
+def stat_sums(t: torch.Tensor, start: int = 0, stop: int | None = None,
+              on_piece: PieceHook | None = None) -> StatSums:
+    """One pass over elements ``[start, stop)`` of the flat tensor (its real view if complex).
+
+    ``on_piece(offset, float64_piece)`` sees every piece, with offsets into the whole flat
+    tensor. Two threads may each take a part of one tensor: ``stat_sums(t, 0, m) +
+    stat_sums(t, m)`` equals ``stat_sums(t)`` up to float64 rounding.
     """
-    numel = t.numel()
-    if numel == 0:
-        return _EMPTY
-    count = numel * 2 if t.is_complex() else numel  # real and imaginary parts both count
-    total = sumsq = 0.0
-    mn, mx = math.inf, -math.inf
-    zeros = 0
-    single = None
     x = _flat(t)
+    x = x[start:stop] if (start or stop is not None) else x
+    acc = StatSums()
     # min/max/zeros read the source piece where numpy can view it (half the bytes of the
     # float64 copy); other dtypes (bfloat16, float8, uint16/32/64) read the float64 copy.
     numpy_src = x.dtype in _NUMPY_REDUCE
-    # NaN/Inf poison the sums (detected below): numpy's warnings about them are noise.
+    total = sumsq = 0.0
+    # NaN/Inf poison the sums (detected later): numpy's warnings about them are noise.
     with np.errstate(invalid="ignore", over="ignore"):
         for off, src, p in _pieces(x, PIECE):
             # torch, not numpy, for the sums: numpy's BLAS would start threads of its own
@@ -137,25 +152,47 @@ def tensor_stats(t: torch.Tensor, on_piece: PieceHook | None = None) -> TensorSt
             sumsq += float(torch.dot(p, p))
             a = _as_numpy(src) if numpy_src else None
             a = p.numpy() if a is None else a
-            lo, hi = float(a.min()), float(a.max())  # numpy's: ~1.6x faster than torch.aminmax
-            mn, mx = min(mn, lo), max(mx, hi)
-            zeros += _count_zero(a)
+            acc.mn = min(acc.mn, float(a.min()))  # numpy's min/max: ~1.6x faster than torch's
+            acc.mx = max(acc.mx, float(a.max()))
+            acc.zeros += _count_zero(a)
             if on_piece is not None:
-                on_piece(off, p)
-            single = p if off == 0 else None
-    if not (math.isfinite(total) and math.isfinite(sumsq)):
+                on_piece(start + off, p)
+            acc.single = p if off == 0 and not start else None
+    acc.total, acc.sumsq = total, sumsq
+    return acc
+
+
+def stats_from_sums(t: torch.Tensor, sums: StatSums) -> TensorStats:
+    """The statistics of ``t`` from the sums of every part of it (see ``stat_sums``)."""
+    numel = t.numel()
+    if numel == 0:
+        return _EMPTY
+    count = numel * 2 if t.is_complex() else numel  # real and imaginary parts both count
+    if not (math.isfinite(sums.total) and math.isfinite(sums.sumsq)):
         # NaN or Inf present (they poison the sums), or float64 data overflowing them.
         return _stats_reference(t)
-    mean = total / count
-    mean_sq = sumsq / count
+    mean = sums.total / count
+    mean_sq = sums.sumsq / count
     var = mean_sq - mean * mean
     if var < _WELL_CONDITIONED * mean_sq:
-        var = _centred_sum_sq(t, mean, single) / count
+        var = _centred_sum_sq(t, mean, sums.single) / count
+    mn, mx = sums.mn, sums.mx
     return TensorStats(
         min=mn, max=mx, mean=mean, std=math.sqrt(max(var, 0.0)) if count > 1 else 0.0,
-        absmax=max(abs(mn), abs(mx)), l2=_finite_or_none(math.sqrt(sumsq)),
-        nan=0, inf=0, zero=zeros, numel=numel,
+        absmax=max(abs(mn), abs(mx)), l2=_finite_or_none(math.sqrt(sums.sumsq)),
+        nan=0, inf=0, zero=sums.zeros, numel=numel,
     )
+
+
+def tensor_stats(t: torch.Tensor, on_piece: PieceHook | None = None) -> TensorStats:
+    """Statistics over every element, in float64; NaN/Inf are counted and excluded.
+
+    ``on_piece(offset, float64_piece)`` sees every piece of the first pass (the stats-mode
+    sketch rides along instead of converting the tensor again).
+    """
+    if t.numel() == 0:
+        return _EMPTY
+    return stats_from_sums(t, stat_sums(t, on_piece=on_piece))
 
 
 def _centred_sum_sq(t: torch.Tensor, mean: float, single: torch.Tensor | None) -> float:
