@@ -4,6 +4,9 @@
 in a process that did (1) or did not (0) ``import tensortap``, and whether any hook or
 thread exists afterwards.
 
+``probe.py first --tool tensortap|vllm``: the first captured step (forward + flush) in a
+new process, where every buffer and file is new, and the bare forward for scale.
+
 ``probe.py memory --budget BYTES --multiple K [--on-full block|drop] [--steps N]``: peak RSS
 growth while capturing at least ``K`` times the budget (resident memory is a process-wide
 figure, so it gets a process of its own). Prints one JSON object on its last line.
@@ -96,6 +99,37 @@ def probe_memory(args: argparse.Namespace) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def probe_first(args: argparse.Namespace) -> dict:
+    """The first captured step in a new process: fresh memory, files, everything cold."""
+    torch.set_num_threads(1)
+    model, ids = build_model()
+    bare = []
+    for _ in range(3):
+        stop = timer()
+        forward(model, ids)
+        bare.append(stop())
+    work = Path(tempfile.mkdtemp(prefix="tt-bench-first-"))
+    try:
+        if args.tool == "tensortap":
+            import tensortap as tt
+
+            with tt.capture(model, work / "run") as s:  # start untimed, as in the capture section
+                stop = timer()
+                forward(model, ids)
+                s.flush()
+                seconds = stop()
+        else:
+            from baselines import VllmStyleLogger
+
+            with VllmStyleLogger(model, work / "run"):
+                stop = timer()
+                forward(model, ids)
+                seconds = stop()
+        return {"tool": args.tool, "seconds": seconds, "bare_s": median(bare[1:])}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -107,8 +141,10 @@ def main() -> None:
     pm.add_argument("--multiple", type=float, default=10)
     pm.add_argument("--steps", type=int, default=0)
     pm.add_argument("--on-full", choices=("block", "drop"), default="block")
+    pf = sub.add_parser("first")
+    pf.add_argument("--tool", choices=("tensortap", "vllm"), required=True)
     args = p.parse_args()
-    result = probe_import(args) if args.cmd == "import" else probe_memory(args)
+    result = {"import": probe_import, "memory": probe_memory, "first": probe_first}[args.cmd](args)
     print(json.dumps(result))
 
 

@@ -4,9 +4,11 @@ Why a ring and not ``torch.empty`` per copy: the writer releases copies in captu
 order, so a ring never fragments; fresh allocations of a few MiB are page-faulted on
 first touch (measured 2.3 GB/s against 6 GB/s for a warm buffer, on the benchmark
 machine), while ring memory is reused step after step; and the ring's capacity *is* the
-budget, so memory is bounded by construction. The arena is one anonymous mapping with
-``MADV_HUGEPAGE`` (first touch of 2 MiB pages ran at about 4 GB/s against 1 GB/s for 4 KiB
-pages). Only touched pages are resident, and allocation restarts at offset 0 whenever the
+budget, so memory is bounded by construction. The arena is one anonymous mapping of
+ordinary pages. Transparent huge pages (``MADV_HUGEPAGE``) were tried and dropped: on the
+benchmark VM first-touching 128 MiB of them took anywhere from 19 to 291 ms (the kernel
+compacting memory, the host backing 2 MiB at a time), 4 KiB pages a steady 55-63 ms.
+Only touched pages are resident, and allocation restarts at offset 0 whenever the
 ring empties and wraps early to the start once past ``max(64 MiB, 2 x peak in use)``, so
 resident memory follows what the capture needs rather than the budget.
 
@@ -140,11 +142,6 @@ class HostRing:
                 return self._arena
             try:
                 mm = mmap.mmap(-1, self.capacity, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-                if hasattr(mmap, "MADV_HUGEPAGE"):
-                    try:
-                        mm.madvise(mmap.MADV_HUGEPAGE)
-                    except OSError:
-                        pass  # THP disabled: 4 KiB pages still work
                 self._mm = mm
                 self._arena = torch.frombuffer(mm, dtype=torch.uint8)
             except (OSError, ValueError, OverflowError):
