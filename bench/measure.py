@@ -24,7 +24,8 @@ def interleave(variants: dict[str, Timed], rounds: int, warmup: int = 1) -> dict
     """Run every variant once per round, rotating the order; returns each one's timings.
 
     The first ``warmup`` rounds are run and discarded (lazy imports, page cache, allocator).
-    A full garbage collection and an ``os.sync()`` run (untimed) before every variant.
+    A full garbage collection, an ``os.sync()`` and (where permitted) a page-cache drop run
+    (untimed) before every variant.
     """
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -36,10 +37,32 @@ def interleave(variants: dict[str, Timed], rounds: int, warmup: int = 1) -> dict
             # writes out other files' data too).
             gc.collect()
             os.sync()
+            drop_page_cache()
             t = variants[n]()
             if r >= warmup:
                 times[n].append(t)
     return times
+
+
+_DROP_CACHES = "/proc/sys/vm/drop_caches"
+
+
+def drop_page_cache() -> bool:
+    """Ask Linux to drop clean page cache (needs root; False where it cannot).
+
+    Why: on the benchmark VM a buffered ``write()`` ran at 3 GB/s when the kernel had freed
+    pages to reuse and at 0.3 GB/s once the page cache had grown over fresh memory (the
+    host backing every new page): the same baseline varied 8x within an hour. Dropping
+    the cache before every variant gives buffered writers (the baselines, plain
+    ``write()``, ``durable=False``) their fast case every time, which is the conservative
+    choice for tensortap's durable default, which writes around the page cache.
+    """
+    try:
+        with open(_DROP_CACHES, "w") as f:
+            f.write("1")
+        return True
+    except OSError:
+        return False
 
 
 def median(xs: list[float]) -> float:
@@ -141,4 +164,6 @@ class Machine:
             "Python": self.python,
             "torch": f"{torch.__version__} (threads set to 1)",
             "CRC32": f"{CRC32_IMPL} (tensortap's checksum implementation)",
+            "page cache": ("dropped before every timed variant" if drop_page_cache()
+                           else "not dropped between variants (no permission): buffered-write figures vary more"),
         }

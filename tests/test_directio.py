@@ -63,7 +63,9 @@ def test_aligned_tensors_are_written_without_staging_and_read_back(tmp_path):
     ring = HostRing(64 * MiB)
     g = torch.Generator().manual_seed(1)
     tensors = {}
-    for i, numel in enumerate([300, 1 << 16, 3 * (1 << 16) + 5, 1 << 20]):  # small, aligned, odd, aligned
+    # small, aligned, odd, aligned; then more aligned pieces than one writev takes
+    sizes = [300, 1 << 16, 3 * (1 << 16) + 5, 1 << 20] + [directio.ZERO_COPY_MIN // 4] * (directio._MAX_IOV + 88)
+    for i, numel in enumerate(sizes):
         slot = ring.alloc(numel * 4)
         t = slot.buf.view(torch.float32)
         t.copy_(torch.randn(numel, generator=g))

@@ -415,6 +415,7 @@ class WriterPipeline:
             if self.error is None:
                 self.error = e if isinstance(e, str) else describe_write_error(e)
             self._queue.clear()
+            self._assist.clear()  # the writer stops waiting for it (self.error is set)
             self._ring.reset()
             self.pending = 0
             self._cv.notify_all()
@@ -445,6 +446,36 @@ class WriterPipeline:
         if it.store:
             it.rec["checksum"] = checksum(t)
 
+    def _offer(self, items: list[_Item]) -> dict[int, _Assist]:
+        """Offer the statistics of ``items`` to threads waiting in ``flush()``.
+
+        Records that copy another's results (``same_as``) and large ones (split on their
+        own, see ``_stats``) stay with the writer.
+        """
+        tasks = {id(it): _Assist(lambda it=it: self._prepare(it)) for it in items
+                 if not it.tokens and it.same_as is None and it.tensor is not None
+                 and not (it.store and it.nbytes >= EARLY_BYTES)}
+        if tasks:
+            with self._cv:
+                self._assist.extend(tasks.values())
+                self._cv.notify_all()
+        return tasks
+
+    def _collect(self, task: _Assist) -> None:
+        """Wait for an offered task, or run it here if no waiting thread took it."""
+        with self._cv:
+            run_here = not task.claimed
+            if run_here:
+                task.claimed = True
+                if task in self._assist:  # not there if a failure cleared the offers
+                    self._assist.remove(task)
+            else:
+                self._cv.wait_for(lambda: task.done)
+        if run_here:
+            task.run()
+        if task.error is not None:
+            raise task.error
+
     def _stats(self, t: torch.Tensor, sk: CountSketch | None) -> TensorStats:
         """``tensor_stats`` (feeding ``sk``), shared with a thread waiting in ``flush()``.
 
@@ -474,17 +505,7 @@ class WriterPipeline:
             sums = sums + stat_sums(t, pos, stop, on_piece)
             pos = stop
         if task is not None:
-            with self._cv:
-                run_here = not task.claimed  # nobody came: do it here
-                if run_here:
-                    self._assist.remove(task)
-                    task.claimed = True
-                else:
-                    self._cv.wait_for(lambda: task.done)
-            if run_here:
-                task.run()
-            if task.error is not None:
-                raise task.error
+            self._collect(task)
             if sk is not None:
                 sk.acc.add_(sk2.acc)
             sums = sums + task.result
@@ -543,7 +564,11 @@ class WriterPipeline:
                 closing = self._closing
             try:
                 done: list[_Item] = []
-                for it in items:
+                offered: dict[int, _Assist] = {}
+                for i, it in enumerate(items):
+                    if not offered and self._flushers and len(items) - i >= 4:
+                        # A thread waits in flush(): it takes the second half of the backlog.
+                        offered = self._offer(items[i + (len(items) - i) // 2:])
                     if it.tokens:
                         self.writer.append_tokens(it.rec)
                         continue
@@ -564,7 +589,11 @@ class WriterPipeline:
                                 it.ready = True
                                 self._cv.notify_all()
                         continue
-                    self._prepare(it)
+                    task = offered.pop(id(it), None)
+                    if task is not None:
+                        self._collect(task)
+                    else:
+                        self._prepare(it)
                     batch.append(it)
                     if it.store:
                         batch_bytes += it.nbytes

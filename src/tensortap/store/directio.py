@@ -37,6 +37,12 @@ small enough to stay in the machine's caches between the copy and the write."""
 ZERO_COPY_MIN = 16 * BLOCK
 """Aligned tensors at least this large are written from their own memory, not staged."""
 
+GATHER_BYTES = 16 * 2**20
+"""Pieces are written together once this many bytes are pending (larger writes are faster)."""
+
+_MAX_IOV = 512
+"""Pieces per ``writev`` at most (Linux allows 1024)."""
+
 _MAX_POOLED = 2
 
 
@@ -87,12 +93,18 @@ def open_direct(path: str | os.PathLike) -> int:
 
 
 class DirectWriter:
-    """Appends bytes to an ``O_DIRECT`` file descriptor through an aligned staging buffer.
+    """Appends bytes to an ``O_DIRECT`` file descriptor, in large gathered writes.
 
-    ``write`` takes flat uint8 tensors (their copy into the staging buffer runs without
-    the GIL, unlike a memoryview assignment). ``finish`` writes the padded tail and cuts
-    the file to the bytes written; ``release`` returns the buffer to the pool. Neither
-    closes ``fd``.
+    ``write`` takes flat uint8 tensors. One that is block-aligned in memory, where the
+    file position is block-aligned too, is written from where it lies (the capture ring
+    page-aligns large copies, and the header is padded to a block); the rest is copied
+    into an aligned staging buffer (the copy runs without the GIL, unlike a memoryview
+    assignment). Pending pieces go out together in one ``writev`` of up to
+    ``GATHER_BYTES``: on the benchmark VM the disk took 1.5 GB/s in 1.3 MiB writes and
+    1.9 GB/s in 8 MiB ones. The tensors passed in must stay alive until ``finish``.
+
+    ``finish`` writes the padded tail and cuts the file to the bytes written; ``release``
+    returns the buffer to the pool. Neither closes ``fd``.
     """
 
     def __init__(self, fd: int) -> None:
@@ -100,60 +112,74 @@ class DirectWriter:
         self._buf = _pool.get()
         self._stage = self._buf[1]
         self._fill = 0
+        self._gather: list[memoryview] = []
+        self._gathered = 0
         self.size = 0
 
     def write(self, data: torch.Tensor) -> None:
         pos, n = 0, data.numel()
         if n >= ZERO_COPY_MIN and self._fill % BLOCK == 0 and data.data_ptr() % BLOCK == 0:
-            # Aligned in memory and in the file (the capture ring page-aligns large copies;
-            # the header is padded to a block): the disk reads the bytes where they are.
-            self._drain(self._fill)
+            if self._fill:
+                self._flush(self._fill)  # staged bytes come first in the file
             pos = n - n % BLOCK
-            self._write_from(memoryview(data[:pos].numpy()))
+            self._gather.append(memoryview(data[:pos].numpy()))
+            self._gathered += pos
+            if self._gathered >= GATHER_BYTES or len(self._gather) >= _MAX_IOV:
+                self._flush(0)
         while pos < n:
             take = min(n - pos, STAGE_BYTES - self._fill)
             self._stage[self._fill:self._fill + take].copy_(data[pos:pos + take])
             self._fill += take
             pos += take
             if self._fill == STAGE_BYTES:
-                self._drain(STAGE_BYTES)
+                self._flush(STAGE_BYTES)
         self.size += n
 
     def finish(self) -> None:
-        """Write the padded tail and cut the file back to the bytes written."""
-        if self._fill:
-            padded = -(-self._fill // BLOCK) * BLOCK
-            self._stage[self._fill:padded].zero_()
-            self._drain(padded)
+        """Write what is pending, the tail padded to a block, and cut the file back to the
+        bytes written."""
+        padded = -(-self._fill // BLOCK) * BLOCK
+        self._stage[self._fill:padded].zero_()
+        self._flush(padded)
         os.ftruncate(self.fd, self.size)
 
     def release(self) -> None:
         """Give the staging buffer back (after ``finish``, or instead of it on an error)."""
+        self._gather.clear()
         buf, self._buf = self._buf, None
         if buf is not None:
             _pool.put(buf)
 
-    def _drain(self, length: int) -> None:
-        if length:
-            view = memoryview(self._buf[0])[:length]
-            try:
-                self._write_from(view)
-            finally:
-                view.release()
-        self._fill = 0
-
-    def _write_from(self, view: memoryview) -> None:
-        length = len(view)
+    def _flush(self, staged: int) -> None:
+        """Write the gathered pieces, then the first ``staged`` bytes of the staging buffer."""
+        views = self._gather
+        stage_view = memoryview(self._buf[0])[:staged] if staged else None
+        if stage_view is not None:
+            views.append(stage_view)
         try:
-            done = 0
-            while done < length:
-                n = os.write(self.fd, view[done:])
+            if views:
+                self._writev(views)
+        finally:
+            if stage_view is not None:
+                stage_view.release()
+            self._gather = []
+            self._gathered = 0
+            self._fill = 0
+
+    def _writev(self, views: list[memoryview]) -> None:
+        try:
+            while views:
+                n = os.writev(self.fd, views)
                 if n <= 0:
                     raise OSError(errno.EIO, "direct write made no progress")
                 # A short write (the disk filling up) may end unaligned; the next write
                 # then fails with EINVAL, and the caller's buffered retry reports the
                 # real error.
-                done += n
+                while views and n >= len(views[0]):
+                    n -= len(views[0])
+                    views = views[1:]
+                if n:
+                    views = [views[0][n:], *views[1:]]
         except OSError as e:
             if e.errno == errno.EINVAL:
                 raise DirectUnsupported(e.errno, f"O_DIRECT write refused: {e.strerror}") from e
