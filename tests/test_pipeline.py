@@ -438,3 +438,19 @@ def test_a_thread_waiting_in_flush_computes_half_of_a_large_tensors_statistics(t
     assert pipe.assisted == 1
     assert got.to_json() == pytest.approx(tensor_stats(big).to_json(), rel=1e-12)
     assert torch.allclose(sk.acc, torch.tensor(sketch(big), dtype=torch.float64), rtol=1e-12, atol=1e-9)
+
+
+def test_flush_takes_part_of_the_writers_backlog_and_results_are_unchanged(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(256, 1376, generator=g) for _ in range(120)]  # copied faster than summarised
+    pipe = WriterPipeline(RankWriter(tmp_path, 0))
+    for i, t in enumerate(tensors):
+        assert pipe.submit_tensor(_rec(i), t, store=i % 3 != 0)
+    assert pipe.flush(timeout=60)
+    pipe.close()
+    assert pipe.error is None
+    assert pipe.assisted > 0  # the flushing thread computed some of the statistics
+    lines = _manifest(tmp_path)
+    assert [r["seq"] for r in lines] == list(range(len(tensors)))  # order unchanged
+    for r in lines:
+        assert r["stats"] == pytest.approx(tensor_stats(tensors[r["seq"]]).to_json(), rel=1e-12)
