@@ -44,7 +44,7 @@ from tensortap.capture.hostbuf import HostRing, Slot
 from tensortap.store.sketch import CountSketch, finish
 from tensortap.store.record import TensorStats
 from tensortap.store.stats import StatSums, checksum, stat_sums, stats_from_sums, tensor_stats
-from tensortap.store.writer import RankWriter
+from tensortap.store.writer import PRE_ENCODED, RankWriter, encode_line
 
 COMMIT_BYTES = 32 * 2**20
 """A batch is committed early, once it holds this much data, if no older shard is still
@@ -594,6 +594,11 @@ class WriterPipeline:
                         self._collect(task)
                     else:
                         self._prepare(it)
+                    if not it.store:
+                        # Final already (no shard to point at): encoded now, not in the
+                        # flush tail. Its twin, if any, holds no data to share either.
+                        it.rec.pop("_same_as", None)
+                        it.rec[PRE_ENCODED] = encode_line(it.rec)
                     batch.append(it)
                     if it.store:
                         batch_bytes += it.nbytes
