@@ -3,7 +3,8 @@
 ``Run`` keeps each shard's safetensors handle open (an mmap). Pages a load touched stay
 mapped, so after reading every record of a run the process would map all its shards.
 The loader drops a run's handles when it moves to another shard and after every
-``RELEASE_BYTES`` read (a loaded tensor is a copy, so it survives), and it counts the bytes of tensors
+``RELEASE_BYTES`` read (a loaded tensor keeps its own reference to the mapping, so it survives;
+the pages are unmapped when the last such tensor is freed), and it counts the bytes of tensors
 held at once so the bound can be checked (``DiffReport.peak_loaded_bytes``).
 """
 

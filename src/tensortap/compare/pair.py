@@ -10,7 +10,7 @@ from tensortap.compare.align import Aligned, RowPlan, align, row_plan
 from tensortap.compare.estimate import estimate
 from tensortap.compare.loader import TensorLoader
 from tensortap.compare.mapping import Item
-from tensortap.compare.metrics import PairMetrics, logits_metrics, norm_of_difference, pair_metrics
+from tensortap.compare.metrics import PairMetrics, norm_of_difference, pair_metrics
 from tensortap.compare.result import DiffRow
 from tensortap.compare.tolerance import Tolerance, TolerancePolicy, coarser_dtype, dtype_category, floor_bound
 from tensortap.errors import RunFormatError, one_line
@@ -40,6 +40,8 @@ class PairContext:
     loader: TensorLoader = field(default_factory=TensorLoader)
     _plans: dict[tuple[str, int, int], RowPlan | None] = field(default_factory=dict)
     floor_missing: int = 0
+    _measured: dict[tuple, "_Measured"] = field(default_factory=dict)
+    _measured_step: tuple[int, int] | None = None
 
     def plan(self, other: str, rank: int, step: int) -> RowPlan | None:
         """Token-row alignment of run A with run B (``other='b'``) or the floor run (``'c'``)."""
@@ -49,6 +51,19 @@ class PairContext:
             self._plans[key] = row_plan(self.run_a.tokens(step, rank),
                                         run_o.tokens(step, rank) if run_o is not None else None)
         return self._plans[key]
+
+    def measured(self, key: tuple | None) -> "_Measured | None":
+        """An earlier pair's measurement of the same stored data, if any."""
+        return self._measured.get(key) if key is not None else None
+
+    def remember(self, key: tuple | None, got: "_Measured") -> None:
+        if key is None:
+            return
+        # A capture shares stored tensors within a step only: keep one step's results.
+        if key[:2] != self._measured_step:
+            self._measured.clear()
+            self._measured_step = key[:2]
+        self._measured[key] = got
 
 
 def _base_row(index: int, ia: Item, ib: Item) -> DiffRow:
@@ -108,48 +123,106 @@ def _fail(row: DiffRow, status: str, tripped: str | None, reason: str) -> DiffRo
     return row
 
 
+@dataclass
+class _Measured:
+    """What one pair's data gave, before the tolerance rule: reusable by every pair of
+    records that store the same two tensors (a capture stores an unchanged tensor once
+    and points several records at it, e.g. a layer's output and the next one's input)."""
+
+    how: str | None = None
+    note: str | None = None
+    mismatch: str | None = None
+    """Why the tensors cannot be compared (shapes), when they cannot."""
+    metrics: PairMetrics | None = None
+    worst_index: list[int] | None = None
+    worst_token: list[int] | None = None
+    err_floor: float | None = None
+
+
+def _data_key(ia: Item, ib: Item, ic: Item | None, tol: Tolerance, is_logits: bool) -> tuple | None:
+    """Identifies a pair's stored data and everything its measurement depends on; None
+    when a tensor is not simply a stored record (an adapter's loader builds it)."""
+    items = (ia, ib) if ic is None else (ia, ib, ic)
+    if any(i.loader or i.record.shard is None or i.record.tensor is None for i in items):
+        return None
+    ra, rb = ia.record, ib.record
+    c = (ic.record.rank, ic.record.shard, ic.record.tensor) if ic is not None else None
+    return (ia.rank, ia.step, ra.rank, ra.shard, ra.tensor, rb.rank, rb.shard, rb.tensor, c,
+            tol.atol, tol.rtol, is_logits)
+
+
 def _compare_data(row: DiffRow, ia: Item, ib: Item, ic: Item | None, tol: Tolerance,
                   ctx: PairContext) -> DiffRow:
+    use_floor = (ic is not None and ctx.run_c is not None and (ic.loader or ic.record.has_data)
+                 and dtype_category(ic.record.dtype) == dtype_category(ia.record.dtype))
+    if ctx.run_c is not None and not use_floor:
+        ctx.floor_missing += 1
+    key = _data_key(ia, ib, ic if use_floor else None, tol, row.is_logits)
+    got = ctx.measured(key)
+    if got is None:
+        got = _measure(ia, ib, ic if use_floor else None, tol, row.is_logits, ctx)
+        ctx.remember(key, got)
+    if got.how is not None:
+        row.aligned = got.how
+    if got.note:
+        row.reason = got.note
+    if got.mismatch is not None:
+        return _fail(row, "mismatch", "shape", got.mismatch)
+    m = got.metrics
+    _fill(row, m)
+    row.worst_index, row.worst_token = got.worst_index, got.worst_token
+    dtype = coarser_dtype(row.dtype_a or "float32", row.dtype_b or "float32") \
+        if dtype_category(row.dtype_a) == "float" else "int64"
+    return _decide(row, m, tol, got.err_floor, dtype)
+
+
+def _measure(ia: Item, ib: Item, ic: Item | None, tol: Tolerance, is_logits: bool,
+             ctx: PairContext) -> _Measured:
+    """Load the pair (and the floor run's record), align, and compute the metrics."""
     ld = ctx.loader
+    out = _Measured()
     a = ld.load(ctx.run_a, ia)
     b = c = None
     try:
         # The floor's error first, so that at most two tensors are held at once.
-        err_floor = None
-        if ic is not None and ctx.run_c is not None and (ic.loader or ic.record.has_data) \
-                and dtype_category(ic.record.dtype) == dtype_category(ia.record.dtype):
+        if ic is not None:
             c = ld.load(ctx.run_c, ic)
             al_c = align(a, c, None if ia.loader or ic.loader else ctx.plan("c", ia.rank, ia.step))
             if isinstance(al_c, Aligned):
-                err_floor = norm_of_difference(al_c.a, al_c.b)
+                out.err_floor = norm_of_difference(al_c.a, al_c.b)
             del al_c
             ld.release(c)
             c = None
-        elif ctx.run_c is not None:
-            ctx.floor_missing += 1
         b = ld.load(ctx.run_b, ib)
         # Items built by an adapter (loader set) arrive with their rows already lined up.
         al = align(a, b, None if ia.loader or ib.loader else ctx.plan("b", ia.rank, ia.step))
         if isinstance(al, str):
-            return _fail(row, "mismatch", "shape", al)
-        row.aligned = al.how
+            out.mismatch = al
+            return out
+        out.how = al.how
         if al.plan is not None and al.plan.note and al.how == "tokens":
-            row.reason = al.plan.note
+            out.note = al.plan.note
         if al.a.numel() == 0 and (a.numel() or b.numel()):
-            return _fail(row, "mismatch", "shape", "no tokens in common")
-        m = pair_metrics(al.a, al.b, tol.atol, tol.rtol)
-        if row.is_logits:
-            logits_metrics(al.a, al.b, m)
-        _fill(row, m)
+            out.mismatch = "no tokens in common"
+            return out
+        m = out.metrics = pair_metrics(al.a, al.b, tol.atol, tol.rtol, logits=is_logits,
+                                       maybe_equal=_maybe_equal(ia, ib, al))
         if m.worst_flat is not None and m.max_abs > 0:
             idx, token = al.locate(m.worst_flat)
-            row.worst_index = idx
-            row.worst_token = list(token) if token is not None else None
-        dtype = coarser_dtype(row.dtype_a or "float32", row.dtype_b or "float32") \
-            if dtype_category(row.dtype_a) == "float" else "int64"
-        return _decide(row, m, tol, err_floor, dtype)
+            out.worst_index = idx
+            out.worst_token = list(token) if token is not None else None
+        return out
     finally:
         ld.release(a, b, c)
+
+
+def _maybe_equal(ia: Item, ib: Item, al: Aligned) -> bool:
+    """False when the stored checksums prove the compared tensors differ: the metrics then
+    skip their equality test. Only whole tensors count (token alignment selects rows)."""
+    if ia.loader or ib.loader or al.how not in ("same", "squeezed"):
+        return True
+    ra, rb = ia.record, ib.record
+    return not (ra.checksum and rb.checksum and ra.dtype == rb.dtype and ra.checksum != rb.checksum)
 
 
 def _compare_estimate(row: DiffRow, ia: Item, ib: Item, ic: Item | None, tol: Tolerance,

@@ -315,21 +315,24 @@ class Run:
         if not rec.has_data:
             why = "a non-tensor value" if rec.kind == "value" else "statistics only (no tensor data)"
             raise RunFormatError(f"record {rec.label} holds {why}")
-        where = f"{self.shard_path(rec)} tensor {one_line(str(rec.tensor), 200)} (record {rec.label})"
         h = self._handle(rec.rank, rec.shard)
         try:
             t = h.get_tensor(rec.tensor)
         except Exception as e:
-            raise CorruptRecordError(f"{where}: cannot read tensor ({one_line(str(e), 300)})") from None
+            raise CorruptRecordError(f"{self._where(rec)}: cannot read tensor ({one_line(str(e), 300)})") from None
         if rec.shape is not None and tuple(t.shape) != tuple(rec.shape):
-            raise CorruptRecordError(f"{where}: shape {tuple(t.shape)} != manifest {rec.shape}")
+            raise CorruptRecordError(f"{self._where(rec)}: shape {tuple(t.shape)} != manifest {rec.shape}")
         if rec.dtype is not None and str(t.dtype).removeprefix("torch.") != rec.dtype:
-            raise CorruptRecordError(f"{where}: dtype {t.dtype} != manifest {rec.dtype}")
+            raise CorruptRecordError(f"{self._where(rec)}: dtype {t.dtype} != manifest {rec.dtype}")
         if verify and rec.checksum:
             got = checksum(t)  # the writer's own CRC32 (ISA-L's when installed: same values)
             if got != rec.checksum:
-                raise CorruptRecordError(f"{where}: checksum mismatch ({got} != {rec.checksum})")
+                raise CorruptRecordError(f"{self._where(rec)}: checksum mismatch ({got} != {rec.checksum})")
         return t
+
+    def _where(self, rec: Record) -> str:
+        """A record's location for error messages (built only when one is raised)."""
+        return f"{self.shard_path(rec)} tensor {one_line(str(rec.tensor), 200)} (record {rec.label})"
 
     # -- token tables -----------------------------------------------------------
     def tokens(self, step: int, rank: int = 0) -> dict | None:
