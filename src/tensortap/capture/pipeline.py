@@ -197,6 +197,8 @@ class WriterPipeline:
         self._flush_done = 0
         self._waiting = 0
         """Hooks blocked on the budget: the writer commits at once rather than on its timer."""
+        self._writer_asleep = False
+        """The writer thread waits for work: an enqueue must wake it."""
         self._flushers = 0
         """Threads blocked in ``flush()``: idle, so they can take a share of the statistics."""
         self._assist: deque[_Assist] = deque()
@@ -335,7 +337,10 @@ class WriterPipeline:
                 self._release_locked([item])
                 return False
             self._queue.append(item)
-            self._cv.notify_all()
+            if self._writer_asleep:
+                # Only then: waking every waiter (the disk thread too) on every record
+                # cost the model's thread two context switches per record.
+                self._cv.notify_all()
         return True
 
     def submit_tokens(self, entry: dict[str, Any]) -> None:
@@ -557,7 +562,11 @@ class WriterPipeline:
                             break
                         # Condition.wait overflows past TIMEOUT_MAX (an enormous interval).
                         timeout = min(timeout, threading.TIMEOUT_MAX)
-                    self._cv.wait(timeout)
+                    self._writer_asleep = True
+                    try:
+                        self._cv.wait(timeout)
+                    finally:
+                        self._writer_asleep = False
                 items = list(self._queue)
                 self._queue.clear()
                 flush_target = self._flush_requested
