@@ -88,9 +88,9 @@ class CaptureConfig(BaseModel):
     """Fail (after writing the run) when planned modules never fired."""
     durable: bool = True
     """fsync shards and manifests (turn off only for throwaway runs on slow disks)."""
-    direct_io: bool | None = None
-    """Write shards with ``O_DIRECT``, around the page cache. None: when ``durable``.
-    Filesystems that refuse it get buffered writes automatically."""
+    direct_io: bool = True
+    """Write shards with ``O_DIRECT``, around the page cache (no kernel copy: the disk reads
+    the capture's own buffers). Filesystems that refuse it get buffered writes automatically."""
     overwrite: bool = False
     enabled: bool = True
 

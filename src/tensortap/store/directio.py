@@ -1,8 +1,9 @@
-"""Sequential file writes that bypass the page cache (``O_DIRECT``), for durable shards.
+"""Sequential file writes that bypass the page cache (``O_DIRECT``), for capture shards.
 
-Why: a durable shard is fsynced right after it is written, so the page cache buys
-nothing, and a buffered ``write()`` costs a kernel copy into freshly allocated cache
-pages plus the writeback when the fsync comes. On the benchmark machine (a VM) writing
+Why: a shard is written once and not read back by the capture (a durable one is fsynced
+right after), so the page cache buys nothing, and a buffered ``write()`` costs a kernel
+copy into freshly allocated cache pages, on the model's CPU, plus the writeback. On the
+benchmark machine (a VM) writing
 74 MiB buffered took 23 ms of CPU when the kernel had recently freed pages to hand out and
 up to 190 ms when it had to take fresh ones (a capture keeps its files, so it always
 does), then 45 ms in fsync; the same bytes through ``O_DIRECT`` took 12 ms of CPU (the copy

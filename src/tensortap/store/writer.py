@@ -45,15 +45,16 @@ class RankWriter:
     Not thread-safe: one writer thread owns it.
     """
 
-    def __init__(self, root: Path, rank: int, durable: bool = True, direct: bool | None = None) -> None:
+    def __init__(self, root: Path, rank: int, durable: bool = True, direct: bool = True) -> None:
         self.root = Path(root)
         self.rank = rank
         self.dir = fmt.rank_dir(self.root, rank)
         self.data_dir = self.dir / fmt.DATA_DIR
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.durable = durable
-        # Durable shards are fsynced at once, so caching them buys nothing (store/directio.py).
-        self.direct = (durable if direct is None else direct) and direct_supported()
+        # Shards are written once and not read back by the capture: caching them costs the
+        # kernel copy (and fresh page-cache pages) for nothing (store/directio.py).
+        self.direct = direct and direct_supported()
         self.direct_refused: str | None = None
         """Why direct writes were given up for this run (the filesystem refused them)."""
         self._next_shard = self._first_free_shard()
