@@ -428,7 +428,7 @@ def test_a_thread_waiting_in_flush_computes_half_of_a_large_tensors_statistics(t
     flusher = threading.Thread(target=pipe.flush)
     flusher.start()
     deadline = time.monotonic() + 5
-    while pipe._flushers == 0 and time.monotonic() < deadline:
+    while pipe._board.waiting == 0 and time.monotonic() < deadline:
         time.sleep(0.001)
     big = torch.randn(16 * PIECE + 11) * 3 - 1  # its first half takes milliseconds: time to wake
     sk = CountSketch()

@@ -35,10 +35,11 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from tensortap.capture.assist import AssistBoard, Task
 from tensortap.capture.cudacopy import CudaCopier
 from tensortap.capture.hostbuf import HostRing, Slot
 from tensortap.store.sketch import CountSketch, finish
@@ -127,30 +128,6 @@ class _Item:
     """False while a record handed to the disk early still waits for its statistics."""
 
 
-class _Assist:
-    """A piece of writer work offered to a thread waiting in ``flush()``.
-
-    Run once, by whichever side claims it first (the waiting thread, or the writer
-    itself when nobody came); its exception is kept for the writer, never raised in the
-    waiting thread.
-    """
-
-    __slots__ = ("fn", "claimed", "done", "result", "error")
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.claimed = False
-        self.done = False
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the writer thread
-            self.error = e
-
-
 @dataclass
 class _Seen:
     """A tensor already copied this step: the copy is reused while the tensor is unchanged."""
@@ -199,11 +176,8 @@ class WriterPipeline:
         """Hooks blocked on the budget: the writer commits at once rather than on its timer."""
         self._writer_asleep = False
         """The writer thread waits for work: an enqueue must wake it."""
-        self._flushers = 0
-        """Threads blocked in ``flush()``: idle, so they can take a share of the statistics."""
-        self._assist: deque[_Assist] = deque()
-        self.assisted = 0
-        """Pieces of statistics computed by threads waiting in ``flush()``."""
+        self._board = AssistBoard(self._cv)
+        """Statistics offered to threads waiting in ``flush()`` (capture/assist.py)."""
         self._closing = False
         self._disk_queue: deque[Any] = deque()
         """Batches, flush markers (ints) and _STOP, for the disk thread, in order."""
@@ -355,22 +329,12 @@ class WriterPipeline:
         with self._cv:
             self._flush_requested += 1
             target = self._flush_requested
-            self._flushers += 1
+            self._board.waiting += 1
             self._cv.notify_all()
             try:
                 while not (self._flush_done >= target or self.error is not None
                            or not self._thread.is_alive() or not self._disk.is_alive()):
-                    if self._assist:
-                        task = self._assist.popleft()
-                        task.claimed = True
-                        self.assisted += 1
-                        self._cv.release()
-                        try:
-                            task.run()
-                        finally:
-                            self._cv.acquire()
-                            task.done = True
-                            self._cv.notify_all()
+                    if self._board.serve_one_locked():
                         continue
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
@@ -378,7 +342,7 @@ class WriterPipeline:
                     self._cv.wait(left)
                 return True
             finally:
-                self._flushers -= 1
+                self._board.waiting -= 1
 
     def close(self, timeout: float | None = None) -> None:
         self.flush(timeout)
@@ -420,7 +384,7 @@ class WriterPipeline:
             if self.error is None:
                 self.error = e if isinstance(e, str) else describe_write_error(e)
             self._queue.clear()
-            self._assist.clear()  # the writer stops waiting for it (self.error is set)
+            self._board.clear_locked()  # the writer stops offering (self.error is set)
             self._ring.reset()
             self.pending = 0
             self._cv.notify_all()
@@ -451,35 +415,22 @@ class WriterPipeline:
         if it.store:
             it.rec["checksum"] = checksum(t)
 
-    def _offer(self, items: list[_Item]) -> dict[int, _Assist]:
+    def _offer(self, items: list[_Item]) -> dict[int, Task]:
         """Offer the statistics of ``items`` to threads waiting in ``flush()``.
 
         Records that copy another's results (``same_as``) and large ones (split on their
         own, see ``_stats``) stay with the writer.
         """
-        tasks = {id(it): _Assist(lambda it=it: self._prepare(it)) for it in items
-                 if not it.tokens and it.same_as is None and it.tensor is not None
-                 and not (it.store and it.nbytes >= EARLY_BYTES)}
-        if tasks:
-            with self._cv:
-                self._assist.extend(tasks.values())
-                self._cv.notify_all()
-        return tasks
+        mine = [it for it in items
+                if not it.tokens and it.same_as is None and it.tensor is not None
+                and not (it.store and it.nbytes >= EARLY_BYTES)]
+        tasks = self._board.offer(lambda it=it: self._prepare(it) for it in mine)
+        return {id(it): task for it, task in zip(mine, tasks)}
 
-    def _collect(self, task: _Assist) -> None:
-        """Wait for an offered task, or run it here if no waiting thread took it."""
-        with self._cv:
-            run_here = not task.claimed
-            if run_here:
-                task.claimed = True
-                if task in self._assist:  # not there if a failure cleared the offers
-                    self._assist.remove(task)
-            else:
-                self._cv.wait_for(lambda: task.done)
-        if run_here:
-            task.run()
-        if task.error is not None:
-            raise task.error
+    @property
+    def assisted(self) -> int:
+        """Pieces of statistics computed by threads waiting in ``flush()``."""
+        return self._board.taken
 
     def _stats(self, t: torch.Tensor, sk: CountSketch | None) -> TensorStats:
         """``tensor_stats`` (feeding ``sk``), shared with a thread waiting in ``flush()``.
@@ -494,26 +445,24 @@ class WriterPipeline:
         n = t.numel() * (2 if t.is_complex() else 1)
         chunk = max(1, n * SPLIT_CHUNK_BYTES // (t.numel() * t.element_size()))
         sums = StatSums()
-        task: _Assist | None = None
+        task: Task | None = None
         sk2 = None
         pos, end = 0, n
         while pos < end:
-            if task is None and self._flushers and end - pos >= 2 * chunk:
+            if task is None and self._board.waiting and end - pos >= 2 * chunk:
                 mid = pos + (end - pos) // 2
                 sk2 = CountSketch(sk.dim) if sk is not None else None
-                task = _Assist(lambda m=mid, s2=sk2: stat_sums(t, m, None, s2.update if s2 is not None else None))
-                with self._cv:
-                    self._assist.append(task)
-                    self._cv.notify_all()
+                task, = self._board.offer(
+                    [lambda m=mid, s2=sk2: stat_sums(t, m, None, s2.update if s2 is not None else None)])
                 end = mid
             stop = min(pos + chunk, end)
             sums = sums + stat_sums(t, pos, stop, on_piece)
             pos = stop
         if task is not None:
-            self._collect(task)
+            rest = self._board.collect(task)
             if sk is not None:
                 sk.acc.add_(sk2.acc)
-            sums = sums + task.result
+            sums = sums + rest
         return stats_from_sums(t, sums)
 
     def _hand_off(self, batch: list[_Item]) -> None:
@@ -573,9 +522,9 @@ class WriterPipeline:
                 closing = self._closing
             try:
                 done: list[_Item] = []
-                offered: dict[int, _Assist] = {}
+                offered: dict[int, Task] = {}
                 for i, it in enumerate(items):
-                    if not offered and self._flushers and len(items) - i >= 4:
+                    if not offered and self._board.waiting and len(items) - i >= 4:
                         # A thread waits in flush(): it takes the second half of the backlog.
                         offered = self._offer(items[i + (len(items) - i) // 2:])
                     if it.tokens:
@@ -600,7 +549,7 @@ class WriterPipeline:
                         continue
                     task = offered.pop(id(it), None)
                     if task is not None:
-                        self._collect(task)
+                        self._board.collect(task)
                     else:
                         self._prepare(it)
                     if not it.store:
