@@ -15,11 +15,11 @@ headless Chromium). The URL fragment can preset the table:
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
-from tensortap.errors import TensortapError, one_line
+from tensortap.errors import one_line
+from tensortap.htmlpage import json_for_script, write_page
 
 # Row fields the page uses (the full rows stay in --json); keeps big reports small.
 ROW_FIELDS = ("index", "rank", "step", "module", "call", "role", "path", "status", "kind", "estimated",
@@ -29,31 +29,17 @@ ROW_FIELDS = ("index", "rank", "step", "module", "call", "role", "path", "status
               "amplification", "origin", "tol_source", "module_b", "path_b")
 
 
-def _json_for_script(data: Any) -> str:
-    text = json.dumps(data, allow_nan=False, separators=(",", ":"))
-    # Inside <script>, "</script>" or "<!--" in a name would end or confuse the block.
-    return (text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
-
-
 def render_html(report: dict[str, Any]) -> str:
     """The page for a ``DiffReport.to_dict()`` document."""
     data = {k: v for k, v in report.items() if k != "rows"}
     data["rows"] = [{k: r.get(k) for k in ROW_FIELDS} for r in report.get("rows", [])]
     title = html.escape(one_line(f"tensortap diff: {report.get('run_a')} vs {report.get('run_b')}", 300))
-    return _TEMPLATE.replace("__TITLE__", title).replace("__DATA__", _json_for_script(data))
+    return _TEMPLATE.replace("__TITLE__", title).replace("__DATA__", json_for_script(data))
 
 
 def write_html(report: dict[str, Any], path: str | Path) -> Path:
     """Write the page to ``path`` and return it."""
-    p = Path(path)
-    try:
-        if p.parent and not p.parent.exists():
-            p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(render_html(report), encoding="utf-8")
-    except OSError as e:
-        raise TensortapError(f"{p}: cannot write the HTML report ({e.strerror or e})") from None
-    return p
+    return write_page(path, render_html(report))
 
 
 _TEMPLATE = r"""<!DOCTYPE html>

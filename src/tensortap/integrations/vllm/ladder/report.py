@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from tensortap.errors import TensortapError
+from tensortap.htmlpage import json_for_script, write_page
 from tensortap.integrations.vllm.ladder.result import (
     AGREE, DIFFERS, ERROR, REFERENCE, UNAVAILABLE, LadderResult, RungOutcome,
 )
@@ -120,12 +119,6 @@ def render(result: LadderResult) -> Group:
 
 
 # -- HTML ---------------------------------------------------------------------------------
-def _json_for_script(data: Any) -> str:
-    text = json.dumps(data, allow_nan=False, separators=(",", ":"))
-    # Inside <script>, "</script>" or "<!--" in a prompt or path would end the block.
-    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-
-
 def render_html(result: LadderResult) -> str:
     """A static, self-contained page: the table, the explanation, and the JSON document."""
     e = html.escape
@@ -152,20 +145,14 @@ def render_html(result: LadderResult) -> str:
         "__NOTES__": f"<ul class=notes>{notes_html}</ul>" if notes_html else "",
         "__META__": e(f"{len(result.prompts)} prompt(s), {result.max_new_tokens} new tokens, dtype "
                       f"{result.dtype or 'auto'}, {result.platform}, total {result.total_s:.1f} s"),
-        "__DATA__": _json_for_script(result.to_dict()),
+        "__DATA__": json_for_script(result.to_dict()),
     }
     # One pass, so a placeholder-like string inside a value (a path, a prompt) stays as it is.
     return re.sub(r"__[A-Z_]+__", lambda m: values.get(m.group(0), m.group(0)), _TEMPLATE)
 
 
 def write_html(result: LadderResult, path: str | Path) -> Path:
-    p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(render_html(result), encoding="utf-8")
-    except OSError as e:
-        raise TensortapError(f"{p}: cannot write the HTML report ({e.strerror or e})") from None
-    return p
+    return write_page(path, render_html(result))
 
 
 _TEMPLATE = """<!DOCTYPE html>
