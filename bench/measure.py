@@ -164,6 +164,6 @@ class Machine:
             "Python": self.python,
             "torch": f"{torch.__version__} (threads set to 1)",
             "CRC32": f"{CRC32_IMPL} (tensortap's checksum implementation)",
-            "page cache": ("dropped before every timed variant" if drop_page_cache()
+            "page cache": ("dropped before every timed variant" if os.access(_DROP_CACHES, os.W_OK)
                            else "not dropped between variants (no permission): buffered-write figures vary more"),
         }

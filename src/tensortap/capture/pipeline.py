@@ -128,6 +128,11 @@ class _Item:
     """False while a record handed to the disk early still waits for its statistics."""
 
 
+def _goes_early(it: _Item) -> bool:
+    """Whether the record's data goes to the disk before its statistics (EARLY_BYTES)."""
+    return it.store and it.same_as is None and it.nbytes >= EARLY_BYTES
+
+
 @dataclass
 class _Seen:
     """A tensor already copied this step: the copy is reused while the tensor is unchanged."""
@@ -422,8 +427,7 @@ class WriterPipeline:
         own, see ``_stats``) stay with the writer.
         """
         mine = [it for it in items
-                if not it.tokens and it.same_as is None and it.tensor is not None
-                and not (it.store and it.nbytes >= EARLY_BYTES)]
+                if not it.tokens and it.same_as is None and it.tensor is not None and not _goes_early(it)]
         tasks = self._board.offer(lambda it=it: self._prepare(it) for it in mine)
         return {id(it): task for it, task in zip(mine, tasks)}
 
@@ -533,7 +537,7 @@ class WriterPipeline:
                     self._ring.populate_ahead()  # keep fresh pages ahead of the hooks' copies
                     if not batch:
                         batch_started = time.monotonic()
-                    if it.store and it.same_as is None and it.nbytes >= EARLY_BYTES:
+                    if _goes_early(it):
                         batch.append(it)
                         self._release(done)
                         done = []
@@ -628,7 +632,7 @@ class WriterPipeline:
                 if self.error is None:
                     staged = self.writer.stage([(it.rec, it.tensor if it.store else None) for it in entry],
                                                ready=lambda: self._wait_ready(entry))
-                    self._release(entry)  # the data is in the page cache now
+                    self._release(entry)  # the data is written (on disk, or in the page cache)
                     if staged is not None:
                         self.writer.publish(staged)
             except BaseException as e:  # noqa: BLE001 - the observed program must survive
