@@ -155,8 +155,10 @@ class Machine:
     def describe(self) -> dict[str, str]:
         import torch
 
+        from tensortap import kernels
         from tensortap.store.stats import CRC32_IMPL
 
+        kernels.load()
         return {
             "CPU": f"{self.cpu}, {self.nproc} cores (nproc)",
             "RAM": f"{self.ram_gib:.1f} GiB",
@@ -164,6 +166,7 @@ class Machine:
             "Python": self.python,
             "torch": f"{torch.__version__} (threads set to 1)",
             "CRC32": f"{CRC32_IMPL} (tensortap's checksum implementation)",
+            "statistics and diff metrics": f"{kernels.status()} (tensortap.kernels)",
             "page cache": ("dropped before every timed variant" if os.access(_DROP_CACHES, os.W_OK)
                            else "not dropped between variants (no permission): buffered-write figures vary more"),
         }

@@ -42,9 +42,9 @@ import torch
 from tensortap.capture.assist import AssistBoard, Task
 from tensortap.capture.cudacopy import CudaCopier
 from tensortap.capture.hostbuf import HostRing, Slot
-from tensortap.store.sketch import CountSketch, finish
+from tensortap.store.sketch import CountSketch, encode_sketch, finish
 from tensortap.store.record import TensorStats
-from tensortap.store.stats import StatSums, checksum, stat_sums, stats_from_sums, tensor_stats
+from tensortap.store.stats import StatSums, checksum, kernel_reads, stat_sums, stats_from_sums, tensor_stats
 from tensortap.store.writer import PRE_ENCODED, RankWriter, encode_line
 
 COMMIT_BYTES = 32 * 2**20
@@ -66,6 +66,10 @@ the waiting thread (the model's, idle until the flush returns) takes half of wha
 
 SPLIT_CHUNK_BYTES = 2 * 2**20
 """How often (in bytes summarised) the writer looks for a waiting thread to share with."""
+
+LAZY_RECORDS = 1024
+"""Records with nothing left to compute that may queue before the writer is woken early
+(it otherwise takes them on its commit timer, or at a flush)."""
 
 MAX_HANDED = 2
 """Batches handed to the disk thread and not yet published, at most."""
@@ -181,6 +185,8 @@ class WriterPipeline:
         """Hooks blocked on the budget: the writer commits at once rather than on its timer."""
         self._writer_asleep = False
         """The writer thread waits for work: an enqueue must wake it."""
+        self._writer_timed = False
+        """The writer sleeps on a timer (it holds a batch, due within ``flush_interval``)."""
         self._board = AssistBoard(self._cv)
         """Statistics offered to threads waiting in ``flush()`` (capture/assist.py)."""
         self._closing = False
@@ -209,6 +215,12 @@ class WriterPipeline:
                     and seen.item.store == store):
                 item = _Item(rec, store=store, same_as=seen.item)
                 return self._enqueue(item)
+        if not store and self._summarise_now(rec, value):
+            item = _Item(rec, store=False)
+            if not self._enqueue(item):
+                return False
+            self._remember(value, version, item)
+            return True
         nbytes = value.numel() * value.element_size()
         on_cuda = value.is_cuda
         slot = self._reserve(nbytes, use_ring=value.device.type == "cpu" and nbytes > 0)
@@ -232,11 +244,38 @@ class WriterPipeline:
         item = _Item(rec, copy, store, nbytes, slot if isinstance(slot, Slot) else None, event)
         if not self._enqueue(item):
             return False
+        self._remember(value, version, item)
+        return True
+
+    def _remember(self, value: torch.Tensor, version: int | None, item: _Item) -> None:
+        """Note the tensor's record for this step: unchanged, it is not summarised again."""
         if version is not None:
             with self._cv:
                 if len(self._seen) >= _MAX_SEEN:
                     self._seen.clear()
                 self._seen[id(value)] = _Seen(weakref.ref(value), version, item)
+
+    def _summarise_now(self, rec: dict[str, Any], value: torch.Tensor) -> bool:
+        """Statistics (and, stats mode, the sketch) of a record without data, in the hook.
+
+        With the compiled kernels, one pass over the tensor costs the hook about what
+        copying it would (both are bound by memory), and it leaves the writer nothing to
+        compute: less CPU in all, none of it on another core competing with the model,
+        and no flush tail. Reading the tensor now is what makes it alias-safe. False (the
+        copy path) for CUDA tensors and dtypes the kernels do not read, or on an error
+        (the copy path reports that properly).
+        """
+        if self.error is not None or value.device.type != "cpu" or not kernel_reads(value.dtype):
+            return False
+        sk = CountSketch() if self.with_sketch else None
+        try:
+            stats = tensor_stats(value, sketch=sk).to_json()
+            sketch = finish(sk, value) if sk is not None else None
+        except Exception:  # noqa: BLE001 - the copy path will report what is wrong
+            return False
+        rec["stats"] = stats
+        if sketch is not None:
+            rec["sketch"] = encode_sketch(sketch)
         return True
 
     def new_step(self) -> None:
@@ -316,9 +355,12 @@ class WriterPipeline:
                 self._release_locked([item])
                 return False
             self._queue.append(item)
-            if self._writer_asleep:
+            if self._writer_asleep and not (self._writer_timed and item.tensor is None
+                                            and len(self._queue) < LAZY_RECORDS):
                 # Only then: waking every waiter (the disk thread too) on every record
-                # cost the model's thread two context switches per record.
+                # cost the model's thread two context switches per record. A record with
+                # nothing left to compute (summarised in the hook) waits for the writer's
+                # timer, which is armed: its commit stays within flush_interval.
                 self._cv.notify_all()
         return True
 
@@ -414,7 +456,7 @@ class WriterPipeline:
             it.rec["stats"] = self._stats(t, sk).to_json()
             sketch = finish(sk, t)
             if sketch is not None:
-                it.rec["sketch"] = list(sketch)
+                it.rec["sketch"] = encode_sketch(sketch)
         else:
             it.rec["stats"] = self._stats(t, None).to_json()
         if it.store:
@@ -443,9 +485,8 @@ class WriterPipeline:
         while the model's thread waits for the flush. A large tensor is therefore taken in
         chunks, and once a thread is waiting, half of what remains is offered to it.
         """
-        on_piece = sk.update if sk is not None else None
         if t.numel() * t.element_size() < SPLIT_BYTES:
-            return tensor_stats(t, on_piece=on_piece)
+            return tensor_stats(t, sketch=sk)
         n = t.numel() * (2 if t.is_complex() else 1)
         chunk = max(1, n * SPLIT_CHUNK_BYTES // (t.numel() * t.element_size()))
         sums = StatSums()
@@ -457,10 +498,10 @@ class WriterPipeline:
                 mid = pos + (end - pos) // 2
                 sk2 = CountSketch(sk.dim) if sk is not None else None
                 task, = self._board.offer(
-                    [lambda m=mid, s2=sk2: stat_sums(t, m, None, s2.update if s2 is not None else None)])
+                    [lambda m=mid, s2=sk2: stat_sums(t, m, None, s2)])
                 end = mid
             stop = min(pos + chunk, end)
-            sums = sums + stat_sums(t, pos, stop, on_piece)
+            sums = sums + stat_sums(t, pos, stop, sk)
             pos = stop
         if task is not None:
             rest = self._board.collect(task)
@@ -516,10 +557,11 @@ class WriterPipeline:
                         # Condition.wait overflows past TIMEOUT_MAX (an enormous interval).
                         timeout = min(timeout, threading.TIMEOUT_MAX)
                     self._writer_asleep = True
+                    self._writer_timed = timeout is not None
                     try:
                         self._cv.wait(timeout)
                     finally:
-                        self._writer_asleep = False
+                        self._writer_asleep = self._writer_timed = False
                 items = list(self._queue)
                 self._queue.clear()
                 flush_target = self._flush_requested

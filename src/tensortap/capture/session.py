@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from tensortap import __version__
+from tensortap import __version__, kernels
 from tensortap.capture.config import CaptureConfig
 from tensortap.capture.flatten import flatten, flatten_inputs
 from tensortap.capture.pipeline import WriterPipeline
@@ -146,6 +146,9 @@ class CaptureSession:
             prepare_out_dir(self.out, self.config.overwrite)
         else:
             self.out.mkdir(parents=True, exist_ok=True)
+        # Now, not in the writer thread during the first step: loading numba takes ~0.5 s
+        # of a core and the GIL (a few seconds the first time on a machine: compiling).
+        kernels.load()
         writer = RankWriter(self.out, self.rank, durable=self.config.durable, direct=self.config.direct_io)
         self._pipeline = WriterPipeline(
             writer,
@@ -200,6 +203,7 @@ class CaptureSession:
             "dropped_records": pipeline.dropped, "dropped_bytes": pipeline.dropped_bytes,
             "peak_pending_bytes": pipeline.peak_pending,
             "direct_io": pipeline.writer.direct, "direct_io_refused": pipeline.writer.direct_refused,
+            "stats_kernel": kernels.status(),
             "never_fired": never, "warnings": self.warnings,
         }
         release_space(self._reserve)

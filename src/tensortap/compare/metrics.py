@@ -13,10 +13,13 @@ Definitions (``a`` = run A, the reference; ``d = a - b``):
 elements with ``|d| > atol + rtol |a|``. Logits add ``top1_agree`` (share of rows whose
 argmax agrees) and ``kl`` (mean over rows of KL(softmax a || softmax b)).
 
-Speed (this is most of ``tt.diff``'s time): every metric of a pair comes from one walk
-over it, each chunk widened to float64 once into preallocated buffers that stay in cache;
-logits add their row metrics in the same walk. A pair that is equal element for element
-(``torch.equal``, a memcmp-speed test) has known metrics and only needs ``||a||``.
+Speed (this is most of ``tt.diff``'s time): every metric of a pair comes from one pass
+over it. With the compiled kernels (``tensortap.kernels``) that pass is one loop
+(``pair_sums``; logits then add a numpy pass for their row metrics); without them, each
+chunk is widened to float64 once into preallocated buffers that stay in cache, and logits
+add their row metrics in the same walk. Pairs holding NaN/Inf take the walk, which masks
+them. A pair that is equal element for element (``torch.equal``, a memcmp-speed test) has
+known metrics and only needs ``||a||``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from tensortap import kernels
 
 CHUNK = 1 << 15
 """Elements per float64 chunk: each working buffer is 256 KiB, so the four of them stay in
@@ -103,11 +108,21 @@ class _Buffers(threading.local):
 
 
 _BUFFERS = _Buffers()
+_NO_SIGNS = np.zeros(1)
+_NO_SKETCH = np.zeros(1)
 
 # numpy widens these dtypes to float64 itself (the same rounding as torch); others
 # (bfloat16, float8, ...) go through torch's copy.
 _NUMPY_WIDENS = {torch.float32, torch.float64, torch.float16, torch.int8, torch.uint8, torch.int16,
                  torch.int32, torch.int64, torch.bool}
+
+
+_KERNEL_NATIVE = {torch.float32, torch.float64}
+"""Dtypes the compiled pair kernel reads as they are."""
+_KERNEL_VIA_FLOAT32 = {torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.uint8,
+                       torch.int16, torch.bool}
+"""Dtypes exact in float32: a pair of these is converted a piece at a time for the kernel."""
+_KERNEL_PIECE = 1 << 18
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +176,61 @@ def pair_metrics(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float,
             # Equal finite rows: every argmax agrees and every KL is exactly 0.
             m.top1_agree, m.kl = 1.0, 0.0
             return m
-    return _Walk(fa, fb, atol, rtol, chunk, vocab).run()
+    m = _kernel_pair(fa, fb, atol, rtol)
+    if m is None:
+        return _Walk(fa, fb, atol, rtol, chunk, vocab).run()
+    if vocab:
+        rows = _Walk(fa, fb, 0.0, 0.0, chunk, vocab, logits_only=True).run()
+        m.top1_agree, m.kl = rows.top1_agree, rows.kl
+    return m
+
+
+def _kernel_pieces(fa: torch.Tensor, fb: torch.Tensor):
+    """``(offset, a, b)`` numpy pieces for the compiled kernel, or None when it cannot read
+    the pair exactly (float64 against a narrow dtype, wide integers, float8, ...)."""
+    if fa.dtype in _KERNEL_NATIVE and fb.dtype in _KERNEL_NATIVE:
+        try:
+            return [(0, fa.numpy(), fb.numpy())]
+        except (RuntimeError, TypeError):  # a tensor with its negative/conjugate bit set
+            return None
+    if fa.dtype not in _KERNEL_VIA_FLOAT32 or fb.dtype not in _KERNEL_VIA_FLOAT32:
+        return None
+
+    def widened():
+        n = fa.numel()
+        bufs, _ = _BUFFERS.get(min(_KERNEL_PIECE, n))
+        # Two float32 views into the float64 scratch (half of each buffer's bytes).
+        xa = torch.from_numpy(bufs[0].view(np.float32)[:min(_KERNEL_PIECE, n)])
+        xb = torch.from_numpy(bufs[1].view(np.float32)[:min(_KERNEL_PIECE, n)])
+        for start in range(0, n, _KERNEL_PIECE):
+            pa, pb = fa[start:start + _KERNEL_PIECE], fb[start:start + _KERNEL_PIECE]
+            yield start, xa[:pa.numel()].copy_(pa).numpy(), xb[:pb.numel()].copy_(pb).numpy()
+    return widened()
+
+
+def _kernel_pair(fa: torch.Tensor, fb: torch.Tensor, atol: float, rtol: float) -> PairMetrics | None:
+    """Every tensor metric of the pair through the compiled kernel; None when the walk must
+    do it: no kernels, an unsupported dtype pair, or NaN/Inf present (the walk masks them)."""
+    n = fa.numel()
+    k = kernels.get() if n else None
+    pieces = _kernel_pieces(fa, fb) if k is not None else None
+    if pieces is None:
+        return None
+    sd2 = sa2 = sb2 = sab = sabs = 0.0
+    fails = 0
+    worst, where = -1.0, 0
+    for off, a, b in pieces:
+        p = k.pair_sums(a, b, atol, rtol)
+        sd2, sa2, sb2, sab, sabs = sd2 + p[0], sa2 + p[1], sb2 + p[2], sab + p[3], sabs + p[4]
+        fails += p[7]
+        if p[5] > worst:  # strictly: the first maximum over pieces, as over chunks
+            worst, where = p[5], off + p[6]
+    if not all(math.isfinite(v) for v in (sd2, sa2, sb2, sab, sabs)):
+        return None
+    m = PairMetrics(numel=n, err=math.sqrt(sd2), norm_a=math.sqrt(sa2), norm_b=math.sqrt(sb2), dot=sab,
+                    max_abs=max(worst, 0.0), mean_abs=sabs / n, fail_frac=fails / n)
+    m.worst_flat, m.worst_a, m.worst_b = where, float(fa[where]), float(fb[where])
+    return m
 
 
 def logits_metrics(a: torch.Tensor, b: torch.Tensor, m: PairMetrics, rows_per_chunk: int | None = None) -> None:
@@ -195,6 +264,15 @@ def _identical(fa: torch.Tensor, fb: torch.Tensor, chunk: int) -> PairMetrics:
     m = PairMetrics(numel=n)
     if n == 0:
         return m
+    m.worst_flat, m.worst_a, m.worst_b = 0, float(fa[0]), float(fb[0])
+    k = kernels.get()
+    pieces = _kernel_pieces(fa, fa) if k is not None else None
+    if pieces is not None:
+        sa2 = sum(k.fused_stats(a, 0, _NO_SIGNS, _NO_SKETCH, False)[1] for _, a, _ in pieces)
+        if math.isfinite(sa2):
+            m.norm_a = m.norm_b = math.sqrt(sa2)
+            m.dot = sa2
+            return m
     (xa, *_), _ = _BUFFERS.get(min(chunk, n))
     sa2 = 0.0
     with np.errstate(all="ignore"):
@@ -207,7 +285,6 @@ def _identical(fa: torch.Tensor, fb: torch.Tensor, chunk: int) -> PairMetrics:
             sa2 += v
     m.norm_a = m.norm_b = math.sqrt(sa2)
     m.dot = sa2
-    m.worst_flat, m.worst_a, m.worst_b = 0, float(fa[0]), float(fb[0])
     return m
 
 
@@ -354,6 +431,9 @@ def norm_of_difference(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK) -> 
     n = fa.numel()
     if n == 0:
         return 0.0
+    m = _kernel_pair(fa, fb, 0.0, 0.0)
+    if m is not None:
+        return m.err
     bufs, _ = _BUFFERS.get(min(chunk, n))
     total = 0.0
     with np.errstate(all="ignore"):

@@ -15,6 +15,7 @@ from tensortap.errors import CorruptRecordError, RunFormatError, one_line
 from tensortap.store import format as fmt
 from tensortap.store.jsonio import read_json_file
 from tensortap.store.record import Record, TensorStats
+from tensortap.store.sketch import decode_sketch
 from tensortap.store.stats import checksum
 
 _ROLES = ("input", "output")
@@ -70,13 +71,7 @@ def record_from_json(d: Any, rank: int) -> Record:
         raise ValueError(f"invalid shard name {shard!r:.80}")
     sketch = d.get("sketch")
     if sketch is not None:
-        if not isinstance(sketch, list) or not all(isinstance(x, (int, float)) for x in sketch):
-            raise ValueError("sketch must be a list of numbers")
-        try:
-            sketch = tuple(float(x) for x in sketch)
-        except OverflowError:
-            # JSON integers are unbounded; float() of a 400-digit one overflows.
-            raise ValueError("sketch holds a number too large for a float") from None
+        sketch = decode_sketch(sketch)
     extra = d.get("extra") or {}
     if not isinstance(extra, dict):
         raise ValueError("extra must be an object")

@@ -1,9 +1,10 @@
 """Per-tensor float64 statistics and the checksum of a tensor's stored bytes.
 
 The writer thread runs these over every captured byte, so they are built for speed
-without giving up float64: the tensor is converted to float64 one cache-sized piece at a
-time (into a reused scratch buffer), and each piece feeds every sum at once (one pass
-over memory instead of one per statistic). Tensors holding NaN or Inf, rare and
+without giving up float64. With the compiled kernels (``tensortap.kernels``, numba) one
+pass computes every sum, the extremes, the zero count and the stats-mode sketch. Without
+them, the tensor is converted to float64 one cache-sized piece at a time (into a reused
+scratch buffer), and each piece feeds every sum. Tensors holding NaN or Inf, rare and
 irregular, take the plain reference path (``_stats_reference``), which defines the
 semantics: statistics over the finite elements, NaN/Inf counted and excluded.
 """
@@ -14,12 +15,16 @@ import math
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
 
+from tensortap import kernels
 from tensortap.store.record import TensorStats
+
+if TYPE_CHECKING:
+    from tensortap.store.sketch import CountSketch
 
 try:  # ISA-L's CRC32 gives the same values as zlib's, about five times faster.
     from isal.isal_zlib import crc32 as _crc32
@@ -39,10 +44,19 @@ is then below ~1e-12. Otherwise (|mean| >> std) a second, centred pass is made."
 
 _scratch = threading.local()
 
-PieceHook = Callable[[int, torch.Tensor], None]
-
 _NUMPY_REDUCE = {torch.float32, torch.float64, torch.float16,
                  torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
+
+_KERNEL_NATIVE = {torch.float32, torch.float64}
+"""Dtypes the compiled kernels read as they are."""
+_KERNEL_VIA_FLOAT32 = {torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.int16}
+"""Dtypes converted to float32 (exactly) a piece at a time for the kernels. Wider integers
+are not exact in float32 and take the float64 path; so do the float8 types, rare here."""
+
+_KERNEL_DTYPES = _KERNEL_NATIVE | _KERNEL_VIA_FLOAT32
+
+_NO_SIGNS = np.zeros(1)
+_NO_SKETCH = np.zeros(1)
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -128,16 +142,56 @@ class StatSums:
                         max(self.mx, o.mx), self.zeros + o.zeros, None)
 
 
+def kernel_reads(dtype: torch.dtype) -> bool:
+    """Whether the compiled kernels are loaded and compute the statistics of ``dtype``."""
+    return kernels.loaded() is not None and dtype in _KERNEL_DTYPES
+
+
 def stat_sums(t: torch.Tensor, start: int = 0, stop: int | None = None,
-              on_piece: PieceHook | None = None) -> StatSums:
+              sketch: CountSketch | None = None) -> StatSums:
     """One pass over elements ``[start, stop)`` of the flat tensor (its real view if complex).
 
-    ``on_piece(offset, float64_piece)`` sees every piece, with offsets into the whole flat
+    ``sketch`` (stats mode) is fed the same elements, at their offsets in the whole flat
     tensor. Two threads may each take a part of one tensor: ``stat_sums(t, 0, m) +
     stat_sums(t, m)`` equals ``stat_sums(t)`` up to float64 rounding.
     """
     x = _flat(t)
     x = x[start:stop] if (start or stop is not None) else x
+    k = kernels.get()
+    if k is not None and x.dtype in _KERNEL_DTYPES:
+        arrays = sketch.kernel_arrays(start + x.numel(), k.WIDTH) if sketch is not None else None
+        if sketch is None or arrays is not None:
+            return _kernel_sums(k, x, start, arrays)
+    return _numpy_sums(x, start, sketch)
+
+
+def _kernel_sums(k, x: torch.Tensor, start: int,
+                 sketch: tuple[np.ndarray, np.ndarray] | None) -> StatSums:
+    """``stat_sums`` through the compiled one-pass kernel (``kernels.compiled.fused_stats``)."""
+    signs, acc = sketch if sketch is not None else (_NO_SIGNS, _NO_SKETCH)
+    acc_sums = StatSums()
+    if x.dtype in _KERNEL_NATIVE and (a := _as_numpy(x)) is not None:
+        parts: Iterator[tuple[int, np.ndarray]] = iter([(0, a)])
+    else:
+        parts = _float32_pieces(x)
+    for off, a in parts:
+        total, sumsq, mn, mx, zeros = k.fused_stats(a, start + off, signs, acc, sketch is not None)
+        acc_sums = acc_sums + StatSums(total, sumsq, mn, mx, zeros)
+    return acc_sums
+
+
+def _float32_pieces(x: torch.Tensor) -> Iterator[tuple[int, np.ndarray]]:
+    """``(offset, float32 copy)`` of consecutive pieces, in a reused per-thread buffer."""
+    n = x.numel()
+    buf = _np_scratch(np.float32, min(PIECE, n))
+    out = torch.from_numpy(buf)
+    for off in range(0, n, PIECE):
+        src = x[off:off + PIECE]
+        yield off, out[:src.numel()].copy_(src).numpy()
+
+
+def _numpy_sums(x: torch.Tensor, start: int, sketch: CountSketch | None) -> StatSums:
+    """``stat_sums`` without the kernels: float64 pieces through torch and numpy."""
     acc = StatSums()
     # min/max/zeros read the source piece where numpy can view it (half the bytes of the
     # float64 copy); other dtypes (bfloat16, float8, uint16/32/64) read the float64 copy.
@@ -155,8 +209,8 @@ def stat_sums(t: torch.Tensor, start: int = 0, stop: int | None = None,
             acc.mn = min(acc.mn, float(a.min()))  # numpy's min/max: ~1.6x faster than torch's
             acc.mx = max(acc.mx, float(a.max()))
             acc.zeros += _count_zero(a)
-            if on_piece is not None:
-                on_piece(start + off, p)
+            if sketch is not None:
+                sketch.update(start + off, p)
             acc.single = p if off == 0 and not start else None
     acc.total, acc.sumsq = total, sumsq
     return acc
@@ -184,19 +238,21 @@ def stats_from_sums(t: torch.Tensor, sums: StatSums) -> TensorStats:
     )
 
 
-def tensor_stats(t: torch.Tensor, on_piece: PieceHook | None = None) -> TensorStats:
+def tensor_stats(t: torch.Tensor, sketch: CountSketch | None = None) -> TensorStats:
     """Statistics over every element, in float64; NaN/Inf are counted and excluded.
 
-    ``on_piece(offset, float64_piece)`` sees every piece of the first pass (the stats-mode
-    sketch rides along instead of converting the tensor again).
+    ``sketch`` (stats mode) is fed every element in the same pass.
     """
     if t.numel() == 0:
         return _EMPTY
-    return stats_from_sums(t, stat_sums(t, on_piece=on_piece))
+    return stats_from_sums(t, stat_sums(t, sketch=sketch))
 
 
 def _centred_sum_sq(t: torch.Tensor, mean: float, single: torch.Tensor | None) -> float:
     """sum((x - mean)^2) in float64, re-using the scratch piece when there was only one."""
+    k = kernels.get()
+    if k is not None and t.dtype in _KERNEL_NATIVE and (a := _as_numpy(_flat(t))) is not None:
+        return float(k.centred_sum_sq(a, mean))
     pieces = [(0, single)] if single is not None else float64_pieces(t)
     m2 = 0.0
     for _, p in pieces:

@@ -1,0 +1,213 @@
+"""The numba kernels. Imported only by ``tensortap.kernels.load`` (importing numba is slow).
+
+Every loop keeps one accumulator per column of a ``WIDTH``-wide row instead of one scalar:
+columns are independent, so the compiler vectorises the loop without reordering any
+single sum (no fast-math), and each of the ``WIDTH`` float64 sums covers ``1/WIDTH`` of
+the elements, which only helps accuracy. NaN and Inf are not special-cased here: they
+make the sums non-finite, and callers then take their exact (masked) reference path.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit
+
+WIDTH = 127
+"""Columns per row: the count sketch's dimension (``store.sketch.SKETCH_DIM``), so the
+sketch, whose bucket of element ``i`` is ``i mod 127``, rides along in the same loop."""
+
+_JIT = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+"""No bounds checks (they stop vectorisation): every index below is derived from the
+arrays' own sizes, except ``signs``, which callers size to cover every row."""
+
+
+def numba_version() -> str:
+    return numba.__version__
+
+
+@njit(**_JIT)
+def _stats_edge(x, start, stop, col, g, sketch, sketching):  # pragma: no cover - compiled
+    """``fused_stats`` of a partial row (``x[start:stop]``, from column ``col``), scalar.
+
+    Kept apart: a loop whose trip count is not the constant WIDTH is not vectorised (5x
+    slower), and the main loop's accumulators must not be passed anywhere, or the
+    compiler can no longer prove they do not overlap and stops vectorising too.
+    """
+    s = q = zeros = 0.0
+    lo, hi = np.inf, -np.inf
+    for k in range(stop - start):
+        v = np.float64(x[start + k])
+        s += v
+        q += v * v
+        lo = min(lo, v)
+        hi = max(hi, v)
+        zeros += v == 0.0
+        if sketching:  # else ``sketch`` may be a 1-element placeholder
+            sketch[col + k] += g * v
+    return s, q, lo, hi, zeros
+
+
+@njit(**_JIT)
+def fused_stats(x, base, signs, sketch, sketching):  # pragma: no cover - compiled
+    """Sum, sum of squares, min, max and zero count of the 1-D array ``x`` in float64.
+
+    ``x[0]`` is element ``base`` of the whole flat tensor. When ``sketching``, also adds
+    ``signs[row] * x`` to ``sketch[col]`` for each element (``row, col = divmod(base + i,
+    WIDTH)``): the count sketch, in the same pass. ``signs`` must cover every row.
+    """
+    n = x.size
+    row, col = base // WIDTH, base % WIDTH
+    head = min((WIDTH - col) % WIDTH, n)  # up to the first row boundary
+    full = (n - head) // WIDTH
+    b = head + full * WIDTH
+    g_head = signs[row] if sketching and head else 0.0
+    g_tail = signs[row + (1 if head else 0) + full] if sketching and b < n else 0.0
+    s0, q0, lo0, hi0, z0 = _stats_edge(x, 0, head, col, g_head, sketch, sketching)
+    s1, q1, lo1, hi1, z1 = _stats_edge(x, b, n, 0, g_tail, sketch, sketching)
+    if head:
+        row += 1
+    s = np.zeros(WIDTH)
+    q = np.zeros(WIDTH)
+    lo = np.full(WIDTH, np.inf)
+    hi = np.full(WIDTH, -np.inf)
+    zeros = np.zeros(WIDTH)
+    sk = np.zeros(WIDTH)
+    body = x[head:]  # indexed from 0: an offset index into x measured 1.7x slower
+    for r in range(full):
+        o = r * WIDTH
+        g = signs[row + r] if sketching else 0.0
+        for j in range(WIDTH):
+            v = np.float64(body[o + j])
+            s[j] += v
+            q[j] += v * v
+            # Branches, not min()/max(): they compile to masked vector stores, measured fastest.
+            if v < lo[j]:
+                lo[j] = v
+            if v > hi[j]:
+                hi[j] = v
+            if v == 0.0:
+                zeros[j] += 1.0
+            sk[j] += g * v
+    if sketching:
+        sketch += sk
+    return (s.sum() + s0 + s1, q.sum() + q0 + q1, min(lo.min(), lo0, lo1),
+            max(hi.max(), hi0, hi1), int(zeros.sum() + z0 + z1))
+
+
+@njit(**_JIT)
+def centred_sum_sq(x, mean):  # pragma: no cover - compiled
+    """``sum((x - mean)^2)`` in float64 (the variance of a tensor whose mean dominates)."""
+    acc = np.zeros(WIDTH)
+    n = x.size
+    rows = n // WIDTH
+    for r in range(rows):
+        b = r * WIDTH
+        for j in range(WIDTH):
+            d = np.float64(x[b + j]) - mean
+            acc[j] += d * d
+    for i in range(rows * WIDTH, n):
+        d = np.float64(x[i]) - mean
+        acc[i - rows * WIDTH] += d * d
+    return acc.sum()
+
+
+@njit(**_JIT)
+def _pair_edge(a, b, start, atol, rtol):  # pragma: no cover - compiled
+    """``pair_sums`` of the last, partial row ``[start, n)``, scalar (see ``_stats_edge``)."""
+    sd2 = sa2 = sb2 = sab = sabs = fails = 0.0
+    worst, where = -1.0, 0
+    for i in range(start, a.size):
+        x = np.float64(a[i])
+        y = np.float64(b[i])
+        d = x - y
+        ad = abs(d)
+        sd2 += d * d
+        sa2 += x * x
+        sb2 += y * y
+        sab += x * y
+        sabs += ad
+        fails += ad > atol + rtol * abs(x)
+        if ad > worst:
+            worst, where = ad, i
+    return sd2, sa2, sb2, sab, sabs, fails, worst, where
+
+
+@njit(**_JIT)
+def pair_sums(a, b, atol, rtol):  # pragma: no cover - compiled
+    """Every tensor metric of a pair in one pass, float64.
+
+    Returns ``(sum d^2, sum a^2, sum b^2, sum a*b, sum |d|, max |d|, index of the first
+    max |d|, count of |d| > atol + rtol |a|)`` with ``d = a - b``: the values, up to
+    summation order, of the numpy walk in ``compare.metrics`` (the tolerance test is the
+    same float64 arithmetic as ``atol + rtol * abs(a)``).
+    """
+    sd2 = np.zeros(WIDTH)
+    sa2 = np.zeros(WIDTH)
+    sb2 = np.zeros(WIDTH)
+    sab = np.zeros(WIDTH)
+    sabs = np.zeros(WIDTH)
+    fails = np.zeros(WIDTH)
+    worst = np.full(WIDTH, -1.0)
+    where = np.zeros(WIDTH, dtype=np.int64)
+    full = a.size // WIDTH
+    for r in range(full):
+        o = r * WIDTH
+        for j in range(WIDTH):
+            x = np.float64(a[o + j])
+            y = np.float64(b[o + j])
+            d = x - y
+            ad = abs(d)
+            sd2[j] += d * d
+            sa2[j] += x * x
+            sb2[j] += y * y
+            sab[j] += x * y
+            sabs[j] += ad
+            if ad > atol + rtol * abs(x):
+                fails[j] += 1.0
+            if ad > worst[j]:  # strictly: each column keeps its first maximum
+                worst[j] = ad
+                where[j] = o + j
+    e = _pair_edge(a, b, full * WIDTH, atol, rtol)
+    top, at = e[6], e[7]
+    for j in range(WIDTH):  # the first maximum overall: the smallest index among ties
+        if worst[j] > top or (worst[j] == top and worst[j] >= 0.0 and where[j] < at):
+            top, at = worst[j], where[j]
+    return (sd2.sum() + e[0], sa2.sum() + e[1], sb2.sum() + e[2], sab.sum() + e[3],
+            sabs.sum() + e[4], top, at, int(fails.sum() + e[5]))
+
+
+def _let_vllm_cpu_scan_llvmlite() -> None:
+    """Keep vLLM's CPU platform working in a process that has imported numba.
+
+    vLLM (0.32, CPU platform without Triton: ``vllm/triton_utils/dispatcher.py``,
+    ``_rebind_kernels``) scans every module's globals at engine start and, for each value
+    that has a ``__dict__``, calls ``vars(value).get("kernel")``. llvmlite's library
+    wrapper (``llvmlite.binding.ffi.lib``) answers any attribute, ``__dict__`` included,
+    with a wrapped C function, so the scan raised ``AttributeError: '_lib_fn_wrapper'
+    object has no attribute 'get'`` and the engine failed to start, for any program that
+    imported numba before building an ``LLM`` (a capture of a transformers model first,
+    for one). The wrapper caches names in ``_fntab``; an empty dict cached under
+    ``__dict__`` (a name llvmlite itself never looks up) is what the scan needs.
+    """
+    try:
+        from llvmlite.binding import ffi
+        table = getattr(type(ffi.lib), "__getattr__", None) and ffi.lib.__getattribute__("_fntab")
+    except Exception:  # noqa: BLE001 - another llvmlite: nothing to keep working
+        return
+    if isinstance(table, dict):
+        table.setdefault("__dict__", {})
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every signature the callers use."""
+    _let_vllm_cpu_scan_llvmlite()
+    signs = np.ones(2)
+    sketch = np.zeros(WIDTH)
+    for dtype in (np.float32, np.float64):
+        x = np.arange(3, dtype=dtype)
+        fused_stats(x, 0, signs, sketch, True)
+        fused_stats(x, 0, signs, sketch, False)
+        centred_sum_sq(x, 1.0)
+        for other in (np.float32, np.float64):
+            pair_sums(x, np.arange(3, dtype=other), 0.0, 0.0)
