@@ -4,7 +4,9 @@ Three stages, each on its own thread, so copying, computing and waiting for the 
 overlap (the model keeps running while earlier records are summarised and written):
 
 1. the hook (the model's thread) reserves room in the pending-bytes budget and copies the
-   tensor there (alias safety): ``submit_tensor``;
+   tensor there (alias safety): ``submit_tensor``; a record that stores no data (stats
+   mode) is summarised right there instead when the compiled kernels are loaded
+   (``_summarise_now``), which costs the hook about what the copy would;
 2. the writer thread computes float64 statistics, the CRC32 and (stats mode) the sketch,
    and groups records into batches: ``_loop``;
 3. the disk thread writes each batch as one safetensors shard under a temporary name,

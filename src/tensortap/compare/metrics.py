@@ -108,8 +108,6 @@ class _Buffers(threading.local):
 
 
 _BUFFERS = _Buffers()
-_NO_SIGNS = np.zeros(1)
-_NO_SKETCH = np.zeros(1)
 
 # numpy widens these dtypes to float64 itself (the same rounding as torch); others
 # (bfloat16, float8, ...) go through torch's copy.
@@ -268,7 +266,7 @@ def _identical(fa: torch.Tensor, fb: torch.Tensor, chunk: int) -> PairMetrics:
     k = kernels.get()
     pieces = _kernel_pieces(fa, fa) if k is not None else None
     if pieces is not None:
-        sa2 = sum(k.fused_stats(a, 0, _NO_SIGNS, _NO_SKETCH, False)[1] for _, a, _ in pieces)
+        sa2 = sum(k.plain_stats(a)[1] for _, a, _ in pieces)
         if math.isfinite(sa2):
             m.norm_a = m.norm_b = math.sqrt(sa2)
             m.dot = sa2

@@ -95,6 +95,14 @@ def fused_stats(x, base, signs, sketch, sketching):  # pragma: no cover - compil
             max(hi.max(), hi0, hi1), int(zeros.sum() + z0 + z1))
 
 
+_PLACEHOLDER = np.zeros(1)
+
+
+def plain_stats(x, base=0):
+    """``fused_stats`` without a sketch: ``(sum, sum of squares, min, max, zeros)``."""
+    return fused_stats(x, base, _PLACEHOLDER, _PLACEHOLDER, False)
+
+
 @njit(**_JIT)
 def centred_sum_sq(x, mean):  # pragma: no cover - compiled
     """``sum((x - mean)^2)`` in float64 (the variance of a tensor whose mean dominates)."""

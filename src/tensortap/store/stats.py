@@ -55,8 +55,6 @@ are not exact in float32 and take the float64 path; so do the float8 types, rare
 
 _KERNEL_DTYPES = _KERNEL_NATIVE | _KERNEL_VIA_FLOAT32
 
-_NO_SIGNS = np.zeros(1)
-_NO_SKETCH = np.zeros(1)
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -168,14 +166,16 @@ def stat_sums(t: torch.Tensor, start: int = 0, stop: int | None = None,
 def _kernel_sums(k, x: torch.Tensor, start: int,
                  sketch: tuple[np.ndarray, np.ndarray] | None) -> StatSums:
     """``stat_sums`` through the compiled one-pass kernel (``kernels.compiled.fused_stats``)."""
-    signs, acc = sketch if sketch is not None else (_NO_SIGNS, _NO_SKETCH)
     acc_sums = StatSums()
     if x.dtype in _KERNEL_NATIVE and (a := _as_numpy(x)) is not None:
         parts: Iterator[tuple[int, np.ndarray]] = iter([(0, a)])
     else:
         parts = _float32_pieces(x)
     for off, a in parts:
-        total, sumsq, mn, mx, zeros = k.fused_stats(a, start + off, signs, acc, sketch is not None)
+        if sketch is None:
+            total, sumsq, mn, mx, zeros = k.plain_stats(a, start + off)
+        else:
+            total, sumsq, mn, mx, zeros = k.fused_stats(a, start + off, *sketch, True)
         acc_sums = acc_sums + StatSums(total, sumsq, mn, mx, zeros)
     return acc_sums
 
