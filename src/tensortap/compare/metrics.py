@@ -141,6 +141,13 @@ def _widen(src: torch.Tensor, out: np.ndarray) -> np.ndarray:
     return dst
 
 
+def _numpy_or_none(x: torch.Tensor) -> np.ndarray | None:
+    try:
+        return x.numpy()
+    except (RuntimeError, TypeError):  # a tensor with its negative/conjugate bit set
+        return None
+
+
 def _dot(x: np.ndarray, y: np.ndarray) -> float:
     # einsum, not `x @ y`: BLAS dot starts threads above ~10k elements, and they contend
     # badly on a busy machine.
@@ -187,10 +194,8 @@ def _kernel_pieces(fa: torch.Tensor, fb: torch.Tensor):
     """``(offset, a, b)`` numpy pieces for the compiled kernel, or None when it cannot read
     the pair exactly (float64 against a narrow dtype, wide integers, float8, ...)."""
     if fa.dtype in _KERNEL_NATIVE and fb.dtype in _KERNEL_NATIVE:
-        try:
-            return [(0, fa.numpy(), fb.numpy())]
-        except (RuntimeError, TypeError):  # a tensor with its negative/conjugate bit set
-            return None
+        a, b = _numpy_or_none(fa), _numpy_or_none(fb)
+        return None if a is None or b is None else [(0, a, b)]
     if fa.dtype not in _KERNEL_VIA_FLOAT32 or fb.dtype not in _KERNEL_VIA_FLOAT32:
         return None
 
@@ -312,12 +317,19 @@ class _Walk:
     def run(self) -> PairMetrics:
         n, chunk = self.fa.numel(), self.chunk
         bufs, mask = _BUFFERS.get(min(chunk, n)) if n else ([], None)
+        # The same float64 values in one compiled pass where the kernels read both dtypes.
+        k = kernels.get() if self.fa.dtype in _KERNEL_NATIVE and self.fb.dtype in _KERNEL_NATIVE else None
         # NaN/Inf are expected input (counted or propagated below); numpy must not warn about them.
         with np.errstate(all="ignore"):
             for start in range(0, n, chunk):
-                xa = _widen(self.fa[start:start + chunk], bufs[0])
-                xb = _widen(self.fb[start:start + chunk], bufs[1])
-                d = np.subtract(xa, xb, out=bufs[2][:xa.size])
+                pa, pb = self.fa[start:start + chunk], self.fb[start:start + chunk]
+                if k is not None and (a := _numpy_or_none(pa)) is not None and (b := _numpy_or_none(pb)) is not None:
+                    xa, xb, d = bufs[0][:a.size], bufs[1][:a.size], bufs[2][:a.size]
+                    k.widen_pair(a, b, xa, xb, d)
+                else:
+                    xa = _widen(pa, bufs[0])
+                    xb = _widen(pb, bufs[1])
+                    d = np.subtract(xa, xb, out=bufs[2][:xa.size])
                 if self.vocab:
                     self._logit_rows(xa, xb, d, bufs[3][:xa.size])
                 if not self.logits_only:
