@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from tensortap import kernels
+from tensortap.store.stats import kernel_reads, stat_sums
 
 CHUNK = 1 << 15
 """Elements per float64 chunk: each working buffer is 256 KiB, so the four of them stay in
@@ -268,10 +269,9 @@ def _identical(fa: torch.Tensor, fb: torch.Tensor, chunk: int) -> PairMetrics:
     if n == 0:
         return m
     m.worst_flat, m.worst_a, m.worst_b = 0, float(fa[0]), float(fb[0])
-    k = kernels.get()
-    pieces = _kernel_pieces(fa, fa) if k is not None else None
-    if pieces is not None:
-        sa2 = sum(k.plain_stats(a)[1] for _, a, _ in pieces)
+    if kernels.get() is not None and kernel_reads(fa.dtype):
+        # The store's one-pass statistics give ||a||^2 (one side: converted once, not twice).
+        sa2 = stat_sums(fa).sumsq
         if math.isfinite(sa2):
             m.norm_a = m.norm_b = math.sqrt(sa2)
             m.dot = sa2

@@ -56,7 +56,6 @@ are not exact in float32 and take the float64 path; so do the float8 types, rare
 _KERNEL_DTYPES = _KERNEL_NATIVE | _KERNEL_VIA_FLOAT32
 
 
-
 def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 

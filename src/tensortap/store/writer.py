@@ -221,8 +221,8 @@ def encode_line(rec: dict[str, Any]) -> bytes:
     """The manifest line of a finished record.
 
     The capture pipeline encodes records without data as soon as they are summarised
-    (stored as ``rec[PRE_ENCODED]``): a stats-mode step has hundreds of 127-float sketches,
-    and encoding them all at the flush cost 12 ms after the model had finished.
+    (stored as ``rec[PRE_ENCODED]``): a stats-mode step has hundreds of records with
+    sketches, and encoding them all at the flush cost 12 ms after the model had finished.
     """
     return (json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
