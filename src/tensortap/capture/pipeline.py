@@ -37,7 +37,7 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -269,16 +269,20 @@ class WriterPipeline:
         """
         if self.error is not None or value.device.type != "cpu" or not kernel_reads(value.dtype):
             return False
-        sk = CountSketch() if self.with_sketch else None
         try:
-            stats = tensor_stats(value, sketch=sk).to_json()
-            sketch = finish(sk, value) if sk is not None else None
+            self._summarise(rec, value, self.with_sketch, tensor_stats)
         except Exception:  # noqa: BLE001 - the copy path will report what is wrong
             return False
-        rec["stats"] = stats
-        if sketch is not None:
-            rec["sketch"] = encode_sketch(sketch)
         return True
+
+    @staticmethod
+    def _summarise(rec: dict[str, Any], t: torch.Tensor, sketching: bool,
+                   stats_of: Callable[[torch.Tensor, CountSketch | None], TensorStats]) -> None:
+        """Set ``rec``'s statistics and, when ``sketching``, its sketch (one pass for both)."""
+        sk = CountSketch() if sketching else None
+        rec["stats"] = stats_of(t, sk).to_json()
+        if sk is not None and (sketch := finish(sk, t)) is not None:
+            rec["sketch"] = encode_sketch(sketch)
 
     def new_step(self) -> None:
         """Forget this step's copies for de-duplication (called at each root forward)."""
@@ -453,14 +457,7 @@ class WriterPipeline:
             return
         if it.event is not None:
             it.event.synchronize()  # the device-to-host copy has landed
-        if self.with_sketch and not it.store:
-            sk = CountSketch()
-            it.rec["stats"] = self._stats(t, sk).to_json()
-            sketch = finish(sk, t)
-            if sketch is not None:
-                it.rec["sketch"] = encode_sketch(sketch)
-        else:
-            it.rec["stats"] = self._stats(t, None).to_json()
+        self._summarise(it.rec, t, self.with_sketch and not it.store, self._stats)
         if it.store:
             it.rec["checksum"] = checksum(t)
 
