@@ -69,9 +69,11 @@ the waiting thread (the model's, idle until the flush returns) takes half of wha
 SPLIT_CHUNK_BYTES = 2 * 2**20
 """How often (in bytes summarised) the writer looks for a waiting thread to share with."""
 
-LAZY_RECORDS = 1024
+LAZY_RECORDS = 32
 """Records with nothing left to compute that may queue before the writer is woken early
-(it otherwise takes them on its commit timer, or at a flush)."""
+(it otherwise takes them on its commit timer, or at a flush). Woken every few dozen
+records, the writer encodes their manifest lines while the model runs: left for the
+flush, the encoding of a step's ~180 lines was 3 of its ~4.5 ms tail (stats mode)."""
 
 MAX_HANDED = 2
 """Batches handed to the disk thread and not yet published, at most."""
