@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -229,6 +230,52 @@ def test_stats_mode_in_the_hook_equals_the_writer_path(tmp_path):
     summaries = [json.loads((tmp_path / d / "run.json").read_text())["summary"] for d in ("fast", "slow")]
     assert summaries[0]["stats_kernel"].startswith("numba")
     assert summaries[1]["stats_kernel"].startswith("numpy")
+
+
+class _Clobber(nn.Module):
+    """Returns a large tensor, then (its next call site) overwrites it in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.make = nn.Identity()
+        self.wipe = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.make(x * 3.0)
+        y.zero_()  # right after ``make``'s hook returned
+        return self.wipe(y)
+
+
+def test_a_large_tensor_summarised_in_the_hook_is_shared_with_helpers_and_stays_alias_safe(tmp_path):
+    """Stats mode reads a large tensor in parts on several threads; the hook waits for
+    them, so an in-place change right after it cannot leak into the statistics."""
+    from tensortap.capture.helper import SPLIT_MIN_BYTES, StatsHelper, usable_cores
+
+    x = torch.randn(5 * SPLIT_MIN_BYTES // 4 + 999, generator=_g()) * 2 + 0.25
+    helper = StatsHelper(3)
+    try:
+        for sketching in (False, True):
+            sk_whole, sk_parts = (CountSketch(), CountSketch()) if sketching else (None, None)
+            whole = tensor_stats(x, sk_whole).to_json()
+            parts = helper.stats(x, sk_parts).to_json()
+            _assert_stats_close(parts, whole, "helper parts vs whole")
+            if sketching:
+                assert torch.allclose(sk_parts.acc, sk_whole.acc, rtol=1e-12, atol=1e-9)
+    finally:
+        helper.close()
+
+    model = _Clobber().eval()
+    with torch.no_grad(), tt.capture(model, tmp_path / "run", mode="stats") as s:
+        model(x)
+        helper = s._pipeline._helper
+    if usable_cores() > 1:
+        assert helper is not None and helper.helpers >= 1  # the split path really ran
+    recs = {(r["module"], r["role"]): r for r in
+            map(json.loads, (tmp_path / "run" / "rank-0" / "manifest.jsonl").read_text().splitlines())}
+    want = tensor_stats(x * 3.0).to_json()
+    _assert_stats_close(recs[("make", "output")]["stats"], want, "make output")
+    assert recs[("wipe", "input")]["stats"]["zero"] == x.numel()
+    assert not [t for t in threading.enumerate() if t.name.startswith("tensortap-stats")]
 
 
 # -- without numba -------------------------------------------------------------------------------

@@ -43,8 +43,9 @@ import torch
 
 from tensortap.capture.assist import AssistBoard, Task
 from tensortap.capture.cudacopy import CudaCopier
+from tensortap.capture.helper import SPLIT_MIN_BYTES, StatsHelper
 from tensortap.capture.hostbuf import HostRing, Slot
-from tensortap.store.sketch import CountSketch, encode_sketch, finish
+from tensortap.store.sketch import CountSketch, encode_sketch, finished
 from tensortap.store.record import TensorStats
 from tensortap.store.stats import StatSums, checksum, kernel_reads, stat_sums, stats_from_sums, tensor_stats
 from tensortap.store.writer import PRE_ENCODED, RankWriter, encode_line
@@ -178,6 +179,10 @@ class WriterPipeline:
         self.dropped_bytes = 0
         self._ring = HostRing(pending_budget)
         self._cuda: CudaCopier | None = None
+        self._helper: StatsHelper | None = None
+        """Threads sharing the read of a large tensor summarised in the hook; started at
+        the first such tensor (a full capture never needs them)."""
+        self._helper_tried = False
         self._seen: dict[int, _Seen] = {}
         """Tensors copied this step, by ``id``: a module's input is often the previous one's
         output, the very same tensor; it is copied once (45 % of the benchmark's bytes)."""
@@ -272,10 +277,22 @@ class WriterPipeline:
         if self.error is not None or value.device.type != "cpu" or not kernel_reads(value.dtype):
             return False
         try:
-            self._summarise(rec, value, self.with_sketch, tensor_stats)
+            self._summarise(rec, value, self.with_sketch, self._hook_stats)
         except Exception:  # noqa: BLE001 - the copy path will report what is wrong
             return False
         return True
+
+    def _hook_stats(self, t: torch.Tensor, sk: CountSketch | None) -> TensorStats:
+        """``tensor_stats`` in the hook, a large tensor shared with the helper threads."""
+        if t.numel() * t.element_size() >= 2 * SPLIT_MIN_BYTES:
+            if not self._helper_tried:
+                with self._cv:
+                    if not self._helper_tried and not self._closing:
+                        self._helper = StatsHelper.for_this_machine(_one_intra_op_thread)
+                        self._helper_tried = True
+            if self._helper is not None:
+                return self._helper.stats(t, sk)
+        return tensor_stats(t, sketch=sk)
 
     @staticmethod
     def _summarise(rec: dict[str, Any], t: torch.Tensor, sketching: bool,
@@ -283,7 +300,7 @@ class WriterPipeline:
         """Set ``rec``'s statistics and, when ``sketching``, its sketch (one pass for both)."""
         sk = CountSketch() if sketching else None
         rec["stats"] = stats_of(t, sk).to_json()
-        if sk is not None and (sketch := finish(sk, t)) is not None:
+        if sk is not None and (sketch := finished(sk, t)) is not None:
             rec["sketch"] = encode_sketch(sketch)
 
     def new_step(self) -> None:
@@ -406,6 +423,10 @@ class WriterPipeline:
             self._cv.notify_all()
         self._thread.join(timeout)
         self._disk.join(timeout)
+        with self._cv:
+            helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.close()
         try:
             self.writer.close()
         except OSError as e:

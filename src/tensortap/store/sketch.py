@@ -42,6 +42,9 @@ float repr), a string ~3 µs; readers also accept a JSON list of numbers."""
 MAX_DIM = 1 << 16
 
 _signs = torch.empty(0, dtype=torch.float64)
+_signs_np = _signs.numpy()
+"""The same table as a numpy view, for the compiled kernels (converting it per call cost
+a few microseconds of every stats-mode hook)."""
 _signs_lock = threading.Lock()
 
 
@@ -55,7 +58,12 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 def row_signs(rows: int) -> torch.Tensor:
     """The first ``rows`` entries of the fixed ±1 row-sign sequence ``u`` (float64)."""
-    global _signs
+    return _sign_table(rows)[:rows]
+
+
+def _sign_table(rows: int) -> torch.Tensor:
+    """The whole sign table computed so far, at least ``rows`` long (grown as needed)."""
+    global _signs, _signs_np
     table = _signs
     if table.numel() < rows:
         with _signs_lock:
@@ -66,8 +74,10 @@ def row_signs(rows: int) -> torch.Tensor:
                     h = _splitmix64(np.arange(size, dtype=np.uint64) ^ np.uint64(_SEED))
                 bits = (h >> np.uint64(63)).astype(np.float64)
                 table = torch.from_numpy(bits * 2.0 - 1.0)
+                # The numpy view first: a reader that sees the new tensor may take its view.
+                _signs_np = table.numpy()
                 _signs = table
-    return table[:rows]
+    return table
 
 
 class CountSketch:
@@ -80,6 +90,7 @@ class CountSketch:
     def __init__(self, dim: int = SKETCH_DIM) -> None:
         self.dim = dim
         self.acc = torch.zeros(dim, dtype=torch.float64)
+        self._acc_np = self.acc.numpy()
 
     def update(self, offset: int, piece: torch.Tensor) -> None:
         d = self.dim
@@ -107,7 +118,10 @@ class CountSketch:
         sketch's dimension is not the kernel's row ``width``."""
         if self.dim != width:
             return None
-        return row_signs(stop // self.dim + 1).numpy(), self.acc.numpy()
+        rows = stop // self.dim + 1
+        if _signs_np.size < rows:
+            _sign_table(rows)
+        return _signs_np, self._acc_np
 
     def result(self) -> tuple[float, ...]:
         return tuple(self.acc.tolist())
@@ -127,13 +141,19 @@ def finish(sk: CountSketch, t: torch.Tensor) -> tuple[float, ...] | None:
     None when even that is not finite (float64 data near its overflow limit): the
     manifest is strict JSON, and no sketch is better than a wrong one.
     """
+    values = finished(sk, t)
+    return None if values is None else tuple(values.tolist())
+
+
+def finished(sk: CountSketch, t: torch.Tensor) -> np.ndarray | None:
+    """``finish`` as a float64 array (what ``encode_sketch`` takes without converting)."""
     if not np.isfinite(sk.acc.numpy()).all():  # numpy: a fifth of torch's cost on 127 values
         sk = CountSketch(sk.dim)
         for off, piece in float64_pieces(t, clean=True):
             sk.update(off, piece)
         if not np.isfinite(sk.acc.numpy()).all():
             return None
-    return sk.result()
+    return sk.acc.numpy()
 
 
 

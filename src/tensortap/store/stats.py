@@ -165,18 +165,19 @@ def stat_sums(t: torch.Tensor, start: int = 0, stop: int | None = None,
 def _kernel_sums(k, x: torch.Tensor, start: int,
                  sketch: tuple[np.ndarray, np.ndarray] | None) -> StatSums:
     """``stat_sums`` through the compiled one-pass kernel (``kernels.compiled.fused_stats``)."""
-    acc_sums = StatSums()
     if x.dtype in _KERNEL_NATIVE and (a := _as_numpy(x)) is not None:
-        parts: Iterator[tuple[int, np.ndarray]] = iter([(0, a)])
-    else:
-        parts = _float32_pieces(x)
-    for off, a in parts:
-        if sketch is None:
-            total, sumsq, mn, mx, zeros = k.plain_stats(a, start + off)
-        else:
-            total, sumsq, mn, mx, zeros = k.fused_stats(a, start + off, *sketch, True)
-        acc_sums = acc_sums + StatSums(total, sumsq, mn, mx, zeros)
+        return StatSums(*_kernel_call(k, a, start, sketch))  # one part: nothing to add up
+    acc_sums = StatSums()
+    for off, a in _float32_pieces(x):
+        acc_sums = acc_sums + StatSums(*_kernel_call(k, a, start + off, sketch))
     return acc_sums
+
+
+def _kernel_call(k, a: np.ndarray, base: int, sketch: tuple[np.ndarray, np.ndarray] | None
+                 ) -> tuple[float, float, float, float, int]:
+    if sketch is None:
+        return k.plain_stats(a, base)
+    return k.fused_stats(a, base, *sketch, True)
 
 
 def _float32_pieces(x: torch.Tensor) -> Iterator[tuple[int, np.ndarray]]:
