@@ -15,6 +15,7 @@ from tensortap.compare.result import DiffReport, DiffRow, Divergence
 from tensortap.compare.tolerance import Override, TolerancePolicy
 from tensortap.errors import TensortapError, one_line
 from tensortap.store.importers.detect import open_any
+from tensortap.store.readahead import Range, ReadAhead
 from tensortap.store.reader import Run
 
 Progress = Callable[[int, int], None]
@@ -85,12 +86,15 @@ def diff(
     ctx = PairContext(run_a, run_b, run_c, policy)
     rows: list[DiffRow] = []
     total = len(pairing.pairs)
+    ahead = ReadAhead(_ranges_read(pairing, floor_items, run_a, run_b, run_c))
     try:
         for n, (ia, ib) in enumerate(pairing.pairs):
+            ahead.reached(n)
             rows.append(compare_pair(n, ia, ib, floor_items.get(ia.key), ctx))
             if progress is not None:
                 progress(n + 1, total)
     finally:
+        ahead.close()
         ctx.loader.close(*(r for r in (run_a, run_b, run_c) if r is not None))
     annotate(rows, getattr(mapper, "feeds", None))
     if run_c is not None and ctx.floor_missing:
@@ -101,6 +105,27 @@ def diff(
     if isinstance(notes, list):  # an anchor adapter's findings (identities, missing anchors)
         warnings += [str(n) for n in notes]
     return _report(run_a, run_b, run_c, rows, pairing, warnings, strict, policy, mapping_desc, only, ctx)
+
+
+def _ranges_read(pairing: Pairing, floor_items: dict[tuple, Item], run_a: Run, run_b: Run,
+                 run_c: Run | None) -> list[list[Range]]:
+    """For each pair, the file ranges comparing it will read (to read them ahead)."""
+    seen: set[Range] = set()
+    groups: list[list[Range]] = []
+    for ia, ib in pairing.pairs:
+        group: list[Range] = []
+        sides = [(run_a, ia), (run_b, ib)]
+        ic = floor_items.get(ia.key)
+        if run_c is not None and ic is not None:
+            sides.append((run_c, ic))
+        if all(it.loader is None and it.record.has_data for _, it in sides[:2]):
+            for run, it in sides:
+                for r in run.data_range(it.record):
+                    if r not in seen:  # records that share a stored tensor read it once
+                        seen.add(r)
+                        group.append(r)
+        groups.append(group)
+    return groups
 
 
 def _check_pairs(pairing: Pairing, run_a: Run, run_b: Run, only: str | None) -> None:

@@ -15,6 +15,7 @@ from tensortap.errors import CorruptRecordError, RunFormatError, one_line
 from tensortap.store import format as fmt
 from tensortap.store.jsonio import read_json_file
 from tensortap.store.record import Record, TensorStats
+from tensortap.store.shardcheck import ShardCheck, check_shard
 from tensortap.store.sketch import decode_sketch
 from tensortap.store.stats import checksum
 
@@ -175,6 +176,7 @@ class Run:
         self.problems: list[str] = []
         self.notes: list[str] = []
         self._handles: dict[tuple[int, str], Any] = {}
+        self._layouts: dict[Path, ShardCheck | None] = {}
         self._tokens: dict[tuple[int, int], dict] | None = None
 
     # -- metadata ---------------------------------------------------------------
@@ -297,6 +299,24 @@ class Run:
                 raise CorruptRecordError(f"{p}: unreadable shard ({one_line(str(e), 300)})") from None
             self._handles[key] = h
         return h
+
+    def data_range(self, rec: Record) -> list[tuple[Path, int, int]]:
+        """The file ranges ``load(rec)`` reads: ``[(shard, offset, length)]``, the shard's
+        header first the first time it is asked for (for reading ahead; ``[]`` when the
+        record has no data or its shard's header does not check out)."""
+        if not rec.has_data or rec.shard is None or rec.tensor is None:
+            return []
+        path = self.shard_path(rec)
+        first = path not in self._layouts
+        if first:
+            check = check_shard(path)
+            self._layouts[path] = check if check.ok else None
+        layout = self._layouts[path]
+        entry = layout.tensors.get(rec.tensor) if layout is not None else None
+        if entry is None:
+            return []
+        ranges = [(path, 0, layout.data_start)] if first else []
+        return ranges + [(path, layout.data_start + entry.begin, entry.end - entry.begin)]
 
     def shard_path(self, rec: Record) -> Path:
         return fmt.rank_dir(self.path, rec.rank) / fmt.DATA_DIR / str(rec.shard)

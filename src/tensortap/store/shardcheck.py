@@ -56,6 +56,8 @@ class ShardCheck:
 
     tensors: dict[str, ShardTensor] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    data_start: int = 0
+    """Where the data section starts in the file (tensor offsets count from here)."""
 
     @property
     def ok(self) -> bool:
@@ -113,6 +115,7 @@ def check_shard_bytes(head: bytes, file_size: int) -> ShardCheck:
         bad("header is not a JSON object")
         return res
     data_len = file_size - 8 - n
+    res.data_start = 8 + n
     meta = header.pop("__metadata__", None)
     if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
         bad("__metadata__ is not a map of strings")

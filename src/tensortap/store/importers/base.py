@@ -160,6 +160,10 @@ class ImportedRun(Run):
                 raise TensortapError(f"{p}: unreadable safetensors file ({one_line(str(e), 200)})") from None
         return load_pt(p, trust_pickle=self.trust_pickle)
 
+    def data_range(self, rec: Record) -> list[tuple[Path, int, int]]:
+        """Nothing to read ahead: another tool's files are loaded whole, through ``load``."""
+        return []
+
     # -- metadata -------------------------------------------------------------------
     def _make_info(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,116 @@
+"""Reading ahead for a diff: the right bytes, within the window, never in the way.
+
+The read-ahead changes no result, only when the disk is read; what can go wrong is
+reading the wrong bytes (useless: the diff would still wait for the disk), reading too
+far ahead (evicting what the diff has yet to read), or failing loudly or hanging where the
+diff itself would report the problem. Speed is measured in bench/, not here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+
+import tensortap as tt
+from tensortap.compare.api import _ranges_read, diff
+from tensortap.compare.mapping import resolve_mapping
+from tensortap.compare.pairing import pair_items
+from tensortap.store.readahead import ReadAhead
+
+MiB = 2**20
+
+
+def _settled(ahead: ReadAhead, want: int, timeout: float = 30.0) -> int:
+    """``bytes_read`` once it reaches ``want`` (or stops moving for a second)."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        got = ahead.bytes_read
+        if got == want:
+            time.sleep(0.2)  # and stays there
+            return ahead.bytes_read
+        if got != last:
+            last, since = got, time.monotonic()
+        elif time.monotonic() - since > 1.0:
+            return got
+        time.sleep(0.01)
+    return ahead.bytes_read
+
+
+def test_the_reader_stays_within_its_window_and_skips_what_the_consumer_passed(tmp_path):
+    f = tmp_path / "data.bin"
+    f.write_bytes(bytes(range(256)) * (10 * MiB // 256))
+    groups = [[(f, i * MiB, MiB)] for i in range(10)]
+    ahead = ReadAhead(groups, window=3 * MiB)
+    try:
+        assert _settled(ahead, 3 * MiB) == 3 * MiB  # groups 0-2, then it waits
+        ahead.reached(6)  # 3-5 are passed: skipped; 6-8 fill the window again
+        assert _settled(ahead, 6 * MiB) == 6 * MiB
+        ahead.reached(9)
+        assert _settled(ahead, 7 * MiB) == 7 * MiB
+    finally:
+        ahead.close()
+    assert not ahead._thread.is_alive()
+
+
+def test_missing_files_and_ranges_past_the_end_are_left_to_the_consumer(tmp_path):
+    f = tmp_path / "short.bin"
+    f.write_bytes(b"x" * 1000)
+    with ReadAhead([[(tmp_path / "gone.bin", 0, 100)], [(f, 500, 10_000)], [(f, 0, 10)]]) as ahead:
+        assert _settled(ahead, 510) == 510  # what exists was read; nothing raised
+    with ReadAhead([[], []]) as idle:
+        assert idle._thread is None  # nothing to read: no thread
+
+
+class _Net(nn.Module):
+    def __init__(self, bump: float = 0.0) -> None:
+        super().__init__()
+        self.a = nn.Linear(64, 256)
+        self.b = nn.Linear(256, 64)
+        with torch.no_grad():
+            self.b.bias.add_(bump)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_diff_reads_ahead_exactly_the_bytes_it_loads(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(32, 64)
+    runs = []
+    for name, bump in (("a", 0.0), ("b", 1e-3)):
+        torch.manual_seed(1)
+        model = _Net(bump).eval()
+        with torch.no_grad(), tt.capture(model, tmp_path / name, shard_bytes=64 * 1024) as s:
+            for _ in range(3):
+                model(x)
+                s.flush()  # several shards per run
+        runs.append(tt.open(tmp_path / name))
+    run_a, run_b = runs
+    assert len({r.shard for r in run_a.records() if r.has_data}) > 2
+    mapper = resolve_mapping("auto", run_a, run_b)
+    pairing = pair_items(list(mapper.items(run_a, "a")), list(mapper.items(run_b, "b")))
+    groups = _ranges_read(pairing, {}, run_a, run_b, None)
+    assert len(groups) == len(pairing.pairs)
+
+    ranges = [r for g in groups for r in g]
+    assert len(ranges) == len(set(ranges))  # a shared stored tensor is read once
+    shards = {p for p, _, _ in ranges}
+    headers = [r for r in ranges if r[1] == 0]
+    assert sorted(p for p, _, _ in headers) == sorted(shards)  # each shard's header, once
+    by_place = {(p, off): n for p, off, n in ranges}
+    for run in runs:
+        for rec in run.records():
+            if not rec.has_data:
+                continue
+            path = run.shard_path(rec)
+            data = run.load(rec).contiguous().view(torch.uint8).numpy().tobytes()
+            hits = [(off, n) for (p, off), n in by_place.items() if p == path and n == len(data)
+                    and path.read_bytes()[off:off + n] == data]
+            assert hits, f"no read-ahead range holds {rec.label}"
+
+    rep = diff(tmp_path / "a", tmp_path / "b")
+    assert rep.verdict == "diverged"
+    assert rep.first_divergence.module == "b"
