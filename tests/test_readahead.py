@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 import torch.nn as nn
 
 import tensortap as tt
 from tensortap.compare.api import _ranges_read, diff
 from tensortap.compare.mapping import resolve_mapping
+from tensortap.compare.pair import PairContext, stored_identical
 from tensortap.compare.pairing import pair_items
+from tensortap.compare.tolerance import TolerancePolicy
 from tensortap.store.readahead import ReadAhead
 
 MiB = 2**20
@@ -76,6 +79,16 @@ class _Net(nn.Module):
         return self.b(torch.relu(self.a(x)))
 
 
+class _WithHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _Net()
+        self.lm_head = nn.Linear(64, 300)  # its output is compared as logits (top-1, KL)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.body(x))
+
+
 def test_diff_reads_ahead_exactly_the_bytes_it_loads(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(32, 64)
@@ -92,7 +105,7 @@ def test_diff_reads_ahead_exactly_the_bytes_it_loads(tmp_path):
     assert len({r.shard for r in run_a.records() if r.has_data}) > 2
     mapper = resolve_mapping("auto", run_a, run_b)
     pairing = pair_items(list(mapper.items(run_a, "a")), list(mapper.items(run_b, "b")))
-    groups = _ranges_read(pairing, {}, run_a, run_b, None)
+    groups = _ranges_read(pairing, {}, PairContext(run_a, run_b, None, TolerancePolicy()))
     assert len(groups) == len(pairing.pairs)
 
     ranges = [r for g in groups for r in g]
@@ -101,16 +114,57 @@ def test_diff_reads_ahead_exactly_the_bytes_it_loads(tmp_path):
     headers = [r for r in ranges if r[1] == 0]
     assert sorted(p for p, _, _ in headers) == sorted(shards)  # each shard's header, once
     by_place = {(p, off): n for p, off, n in ranges}
-    for run in runs:
-        for rec in run.records():
-            if not rec.has_data:
-                continue
+    ctx = PairContext(run_a, run_b, None, TolerancePolicy())
+    identical = 0
+    for (ia, ib), group in zip(pairing.pairs, groups):
+        if stored_identical(ia, ib, ctx):
+            identical += 1
+            assert group == [], "a pair known identical from its checksums is not read"
+            continue
+        for run, it in ((run_a, ia), (run_b, ib)):
+            rec = it.record
             path = run.shard_path(rec)
             data = run.load(rec).contiguous().view(torch.uint8).numpy().tobytes()
             hits = [(off, n) for (p, off), n in by_place.items() if p == path and n == len(data)
                     and path.read_bytes()[off:off + n] == data]
             assert hits, f"no read-ahead range holds {rec.label}"
+    assert 0 < identical < len(pairing.pairs)  # the runs agree up to module b
 
     rep = diff(tmp_path / "a", tmp_path / "b")
     assert rep.verdict == "diverged"
     assert rep.first_divergence.module == "b"
+
+
+def test_pairs_identical_by_checksum_report_what_reading_them_would(tmp_path, monkeypatch):
+    """Rows of pairs the manifests show identical (not read) equal the rows of the same
+    pairs compared from their data, logits included."""
+    from tensortap.compare import pair as pair_mod
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 64)
+    for name in ("a", "b"):
+        torch.manual_seed(1)
+        model = _WithHead().eval()
+        with torch.no_grad(), tt.capture(model, tmp_path / name):
+            model(x)
+    real, known = pair_mod.stored_identical, []
+
+    def counting(ia, ib, ctx):
+        known.append((ia.module, real(ia, ib, ctx)))
+        return known[-1][1]
+
+    monkeypatch.setattr(pair_mod, "stored_identical", counting)
+    fast = diff(tmp_path / "a", tmp_path / "b")
+    assert ("lm_head", True) in known and sum(k for _, k in known) > 5
+    monkeypatch.setattr(pair_mod, "stored_identical", lambda *a: False)
+    slow = diff(tmp_path / "a", tmp_path / "b")
+    assert fast.verdict == slow.verdict == "agree"
+    assert len(fast.rows) == len(slow.rows) > 5
+    for rf, rs in zip(fast.rows, slow.rows):
+        df, ds = rf.to_dict(), rs.to_dict()
+        assert df.keys() == ds.keys()
+        for k in df:
+            if isinstance(ds[k], float):
+                assert df[k] == pytest.approx(ds[k], rel=1e-12, abs=1e-300), (rf.module, k)
+            else:
+                assert df[k] == ds[k], (rf.module, k)

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable
 from tensortap.compare.amplify import annotate
 from tensortap.compare.checks import gaps, preflight
 from tensortap.compare.mapping import Item, Mapping, resolve_mapping
-from tensortap.compare.pair import PairContext, compare_pair
+from tensortap.compare.pair import PairContext, compare_pair, stored_identical
 from tensortap.compare.pairing import Pairing, Unmatched, only_filter, pair_items
 from tensortap.compare.result import DiffReport, DiffRow, Divergence
 from tensortap.compare.tolerance import Override, TolerancePolicy
@@ -86,7 +86,7 @@ def diff(
     ctx = PairContext(run_a, run_b, run_c, policy)
     rows: list[DiffRow] = []
     total = len(pairing.pairs)
-    ahead = ReadAhead(_ranges_read(pairing, floor_items, run_a, run_b, run_c))
+    ahead = ReadAhead(_ranges_read(pairing, floor_items, ctx))
     try:
         for n, (ia, ib) in enumerate(pairing.pairs):
             ahead.reached(n)
@@ -107,18 +107,18 @@ def diff(
     return _report(run_a, run_b, run_c, rows, pairing, warnings, strict, policy, mapping_desc, only, ctx)
 
 
-def _ranges_read(pairing: Pairing, floor_items: dict[tuple, Item], run_a: Run, run_b: Run,
-                 run_c: Run | None) -> list[list[Range]]:
+def _ranges_read(pairing: Pairing, floor_items: dict[tuple, Item], ctx: PairContext) -> list[list[Range]]:
     """For each pair, the file ranges comparing it will read (to read them ahead)."""
     seen: set[Range] = set()
     groups: list[list[Range]] = []
     for ia, ib in pairing.pairs:
         group: list[Range] = []
-        sides = [(run_a, ia), (run_b, ib)]
+        sides = [(ctx.run_a, ia), (ctx.run_b, ib)]
         ic = floor_items.get(ia.key)
-        if run_c is not None and ic is not None:
-            sides.append((run_c, ic))
-        if all(it.loader is None and it.record.has_data for _, it in sides[:2]):
+        if ctx.run_c is not None and ic is not None:
+            sides.append((ctx.run_c, ic))
+        if (all(it.loader is None and it.record.has_data for _, it in sides[:2])
+                and not stored_identical(ia, ib, ctx)):
             for run, it in sides:
                 for r in run.data_range(it.record):
                     if r not in seen:  # records that share a stored tensor read it once
