@@ -8,6 +8,7 @@ diff itself would report the problem. Speed is measured in bench/, not here.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -156,10 +157,12 @@ def test_pairs_identical_by_checksum_report_what_reading_them_would(tmp_path, mo
     monkeypatch.setattr(pair_mod, "stored_identical", counting)
     fast = diff(tmp_path / "a", tmp_path / "b")
     assert ("lm_head", True) in known and sum(k for _, k in known) > 5
-    monkeypatch.setattr(pair_mod, "stored_identical", lambda *a: False)
-    slow = diff(tmp_path / "a", tmp_path / "b")
+    known.clear()
+    slow = diff(tmp_path / "a", tmp_path / "b", read_all=True)
+    assert known and not any(k for _, k in known)  # every pair read
     assert fast.verdict == slow.verdict == "agree"
     assert len(fast.rows) == len(slow.rows) > 5
+    assert slow.settings["read_all"] and not fast.settings["read_all"]
     for rf, rs in zip(fast.rows, slow.rows):
         df, ds = rf.to_dict(), rs.to_dict()
         assert df.keys() == ds.keys()
@@ -168,3 +171,20 @@ def test_pairs_identical_by_checksum_report_what_reading_them_would(tmp_path, mo
                 assert df[k] == pytest.approx(ds[k], rel=1e-12, abs=1e-300), (rf.module, k)
             else:
                 assert df[k] == ds[k], (rf.module, k)
+
+
+def test_cli_read_all_reads_every_pair(tmp_path):
+    from conftest import run_cli
+
+    x = torch.randn(4, 64)
+    for name in ("a", "b"):
+        torch.manual_seed(1)
+        model = _Net().eval()
+        with torch.no_grad(), tt.capture(model, tmp_path / name):
+            model(x)
+    for flag, want in (([], False), (["--read-all"], True)):
+        p = run_cli("diff", str(tmp_path / "a"), str(tmp_path / "b"), "--json", *flag)
+        assert p.returncode == 0, p.stderr
+        report = json.loads(p.stdout)
+        assert report["settings"]["read_all"] is want and report["verdict"] == "agree"
+    assert "--read-all" in run_cli("diff", "--help").stdout

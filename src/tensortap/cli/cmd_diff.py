@@ -36,6 +36,9 @@ def register(sub) -> None:
                    help="noise-floor run (e.g. the reference rerun in the other dtype): a pair diverges "
                         "when ||a-b|| > k*||a-c|| + tol/10")
     p.add_argument("--force", action="store_true", help="compare runs of different models or prompts anyway")
+    p.add_argument("--read-all", action="store_true",
+                   help="read every pair's data, even pairs whose stored checksums and statistics show "
+                        "them identical (reported identical unread by default); verifies every checksum")
     add_open_options(p, ("-a", "-b"))
     p.add_argument("--limit", type=int, default=30, help="table rows to show (0: all selected)")
     p.add_argument("--all", action="store_true", help="show every pair, not just the interesting part")
@@ -54,7 +57,7 @@ def run(args) -> int:
     with progress_bar(err_console) as progress:
         report = diff(run_a, run_b, mapping=args.map, atol=args.atol, rtol=args.rtol,
                       tolerances=overrides, only=args.only, strict=args.strict, floor=floor,
-                      force=args.force, progress=progress)
+                      force=args.force, read_all=args.read_all, progress=progress)
     html_path = report.to_html(args.html) if args.html else None
     if args.json:
         print(report.to_json(indent=1))

@@ -43,6 +43,7 @@ def diff(
     strict: bool = False,
     floor: str | Path | Run | None = None,
     force: bool = False,
+    read_all: bool = False,
     progress: Progress | None = None,
 ) -> DiffReport:
     """Compare run ``b`` against run ``a`` (the reference) and report where they part ways.
@@ -59,6 +60,9 @@ def diff(
         floor: a third run (e.g. the reference rerun in another dtype) giving each pair a noise
             floor: a pair diverges when ``||a-b|| > k*||a-c|| + tolerance/10`` (docs/diff.md).
         force: compare runs of different models or prompts instead of refusing.
+        read_all: read every pair's data, even where the stored checksums and statistics
+            show it identical (by default such pairs are reported identical unread); this
+            also verifies the checksum of every tensor compared.
         progress: callback ``(done, total)`` after each pair.
 
     Returns:
@@ -83,7 +87,7 @@ def diff(
     if run_c is not None:
         for it in sorted((i for i in mapper.items(run_c, "floor") if keep(i)), key=lambda i: i.order):
             floor_items.setdefault(it.key, it)
-    ctx = PairContext(run_a, run_b, run_c, policy)
+    ctx = PairContext(run_a, run_b, run_c, policy, read_all=read_all)
     rows: list[DiffRow] = []
     total = len(pairing.pairs)
     ahead = ReadAhead(_ranges_read(pairing, floor_items, ctx))
@@ -237,7 +241,7 @@ def _report(run_a: Run, run_b: Run, run_c: Run | None, rows: list[DiffRow], pair
         line += f"; {stats['estimated']} pair(s) estimated from statistics"
     settings = {
         "mapping": mapping,
-        "only": only, "strict": strict, "tolerance": policy.describe(),
+        "only": only, "strict": strict, "tolerance": policy.describe(), "read_all": ctx.read_all,
     }
     return DiffReport(
         run_a=str(run_a.path), run_b=str(run_b.path), floor=str(run_c.path) if run_c else None,

@@ -37,6 +37,8 @@ class PairContext:
     run_b: Run
     run_c: Run | None
     policy: TolerancePolicy
+    read_all: bool = False
+    """Read every pair's data, even pairs ``stored_identical`` shows equal."""
     loader: TensorLoader = field(default_factory=TensorLoader)
     _plans: dict[tuple[str, int, int], RowPlan | None] = field(default_factory=dict)
     floor_missing: int = 0
@@ -186,7 +188,7 @@ def stored_identical(ia: Item, ib: Item, ctx: PairContext) -> bool:
     tensors that differ, the CRC32 alone agrees once in 4e9. Such a pair's data need not
     be read, which is most of a diff's I/O when two runs part ways late (bench/NOTES.md).
     """
-    if ia.loader or ib.loader or ctx.run_c is not None:
+    if ctx.read_all or ia.loader or ib.loader or ctx.run_c is not None:
         return False
     ra, rb = ia.record, ib.record
     sa = ra.stats
