@@ -68,6 +68,17 @@ def test_missing_files_and_ranges_past_the_end_are_left_to_the_consumer(tmp_path
         assert idle._thread is None  # nothing to read: no thread
 
 
+def _capture(tmp_path, models: dict, x: torch.Tensor, steps: int = 1, **options) -> None:
+    """A run per model (``tmp_path / name``), each step flushed (a shard or more per step)."""
+    for name, make in models.items():
+        torch.manual_seed(1)  # the same weights for every run
+        model = make().eval()
+        with torch.no_grad(), tt.capture(model, tmp_path / name, **options) as s:
+            for _ in range(steps):
+                model(x)
+                s.flush()
+
+
 class _Net(nn.Module):
     def __init__(self, bump: float = 0.0) -> None:
         super().__init__()
@@ -93,16 +104,8 @@ class _WithHead(nn.Module):
 def test_diff_reads_ahead_exactly_the_bytes_it_loads(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(32, 64)
-    runs = []
-    for name, bump in (("a", 0.0), ("b", 1e-3)):
-        torch.manual_seed(1)
-        model = _Net(bump).eval()
-        with torch.no_grad(), tt.capture(model, tmp_path / name, shard_bytes=64 * 1024) as s:
-            for _ in range(3):
-                model(x)
-                s.flush()  # several shards per run
-        runs.append(tt.open(tmp_path / name))
-    run_a, run_b = runs
+    _capture(tmp_path, {"a": _Net, "b": lambda: _Net(1e-3)}, x, steps=3, shard_bytes=64 * 1024)
+    run_a, run_b = tt.open(tmp_path / "a"), tt.open(tmp_path / "b")
     assert len({r.shard for r in run_a.records() if r.has_data}) > 2
     mapper = resolve_mapping("auto", run_a, run_b)
     pairing = pair_items(list(mapper.items(run_a, "a")), list(mapper.items(run_b, "b")))
@@ -142,12 +145,7 @@ def test_pairs_identical_by_checksum_report_what_reading_them_would(tmp_path, mo
     from tensortap.compare import pair as pair_mod
 
     torch.manual_seed(0)
-    x = torch.randn(8, 64)
-    for name in ("a", "b"):
-        torch.manual_seed(1)
-        model = _WithHead().eval()
-        with torch.no_grad(), tt.capture(model, tmp_path / name):
-            model(x)
+    _capture(tmp_path, {"a": _WithHead, "b": _WithHead}, torch.randn(8, 64))
     real, known = pair_mod.stored_identical, []
 
     def counting(ia, ib, ctx):
@@ -176,12 +174,7 @@ def test_pairs_identical_by_checksum_report_what_reading_them_would(tmp_path, mo
 def test_cli_read_all_reads_every_pair(tmp_path):
     from conftest import run_cli
 
-    x = torch.randn(4, 64)
-    for name in ("a", "b"):
-        torch.manual_seed(1)
-        model = _Net().eval()
-        with torch.no_grad(), tt.capture(model, tmp_path / name):
-            model(x)
+    _capture(tmp_path, {"a": _Net, "b": _Net}, torch.randn(4, 64))
     for flag, want in (([], False), (["--read-all"], True)):
         p = run_cli("diff", str(tmp_path / "a"), str(tmp_path / "b"), "--json", *flag)
         assert p.returncode == 0, p.stderr
