@@ -17,6 +17,7 @@ import torch.nn as nn
 import tensortap as tt
 from tensortap import kernels
 from tensortap.capture.hostbuf import HostRing
+from tensortap.capture import pipeline as pipeline_mod
 from tensortap.capture.pipeline import WriterPipeline
 from tensortap.errors import RunFormatError
 from tensortap.store import writer as writer_mod
@@ -416,11 +417,20 @@ def test_split_sums_equal_the_single_pass():
                 assert parts[k] == pytest.approx(v, rel=1e-12, abs=1e-12), (t.dtype, mid, k)
 
 
+def _until(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def test_a_thread_waiting_in_flush_computes_half_of_a_large_tensors_statistics(tmp_path, monkeypatch):
     real = writer_mod.RankWriter.publish
+    pipe: WriterPipeline | None = None
 
-    def slow_publish(self, staged):  # keeps flush() waiting while the test offers work
-        time.sleep(0.5)
+    def slow_publish(self, staged):
+        # flush() keeps waiting until the waiting thread has taken the offered half (the
+        # order is forced, not raced: on a loaded machine a fixed delay was not enough).
+        _until(lambda: pipe is not None and pipe.assisted >= 1)
         return real(self, staged)
 
     monkeypatch.setattr(writer_mod.RankWriter, "publish", slow_publish)
@@ -428,12 +438,18 @@ def test_a_thread_waiting_in_flush_computes_half_of_a_large_tensors_statistics(t
     pipe.submit_tensor(_rec(0), torch.randn(1000), store=True)
     flusher = threading.Thread(target=pipe.flush)
     flusher.start()
-    deadline = time.monotonic() + 5
-    while pipe._board.waiting == 0 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    big = torch.randn(16 * PIECE + 11) * 3 - 1  # its first half takes milliseconds: time to wake
+    _until(lambda: pipe._board.waiting > 0)
+    big = torch.randn(16 * PIECE + 11) * 3 - 1
     sk = CountSketch()
-    with kernels.disabled():  # the numpy path: slow enough that the flusher wakes in time
+    real_sums = pipeline_mod.stat_sums
+
+    def own_part(t, start=0, stop=None, sketch=None):
+        if threading.current_thread() is threading.main_thread():
+            _until(lambda: pipe.assisted >= 1)  # the offered half is taken before this part ends
+        return real_sums(t, start, stop, sketch)
+
+    monkeypatch.setattr(pipeline_mod, "stat_sums", own_part)
+    with kernels.disabled():
         got = pipe._stats(big, sk)  # this test thread plays the writer
     flusher.join()
     pipe.close()
@@ -457,3 +473,23 @@ def test_flush_takes_part_of_the_writers_backlog_and_results_are_unchanged(tmp_p
     assert [r["seq"] for r in lines] == list(range(len(tensors)))  # order unchanged
     for r in lines:
         assert r["stats"] == pytest.approx(tensor_stats(tensors[r["seq"]]).to_json(), rel=1e-12)
+
+
+def test_a_failure_computing_statistics_is_reported_as_such(tmp_path, monkeypatch):
+    """Not as a failed write: the run says which record's statistics failed and why, and
+    the observed program is not disturbed."""
+    def broken(t, sketch=None):
+        raise ValueError("no statistics today")
+
+    monkeypatch.setattr(pipeline_mod, "tensor_stats", broken)
+    assert pipeline_mod.describe_write_error(OSError(5, "I/O error")).startswith("write failed")
+    model = nn.Sequential(nn.Linear(8, 8)).eval()
+    x = torch.randn(2, 8)
+    with torch.no_grad(), tt.capture(model, tmp_path / "run") as s:
+        y = model(x)
+        s.flush()
+    assert torch.equal(y, model(x))
+    run = tt.open(tmp_path / "run")
+    assert run.status == "incomplete"
+    assert "statistics of" in run.reason and "failed: ValueError: no statistics today" in run.reason
+    assert "write failed" not in run.reason

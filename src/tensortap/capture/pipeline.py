@@ -111,7 +111,13 @@ def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
         dst.copy_(src.detach())
 
 
+class SummaryFailed(Exception):
+    """Computing a record's statistics or checksum failed (not its writing)."""
+
+
 def describe_write_error(e: BaseException) -> str:
+    if isinstance(e, SummaryFailed):
+        return str(e)
     if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e):
         return "disk full"
     if isinstance(e, OSError) and e.errno == errno.EDQUOT:
@@ -478,11 +484,16 @@ class WriterPipeline:
         t = it.tensor
         if t is None:
             return
-        if it.event is not None:
-            it.event.synchronize()  # the device-to-host copy has landed
-        self._summarise(it.rec, t, self.with_sketch and not it.store, self._stats)
-        if it.store:
-            it.rec["checksum"] = checksum(t)
+        try:
+            if it.event is not None:
+                it.event.synchronize()  # the device-to-host copy has landed
+            self._summarise(it.rec, t, self.with_sketch and not it.store, self._stats)
+            if it.store:
+                it.rec["checksum"] = checksum(t)
+        except Exception as e:
+            r = it.rec
+            raise SummaryFailed(f"statistics of {r.get('module')!r}[{r.get('call')}].{r.get('role')} "
+                                f"{r.get('path')!r} failed: {type(e).__name__}: {e}") from e
 
     def _offer(self, items: list[_Item]) -> dict[int, Task]:
         """Offer the statistics of ``items`` to threads waiting in ``flush()``.
