@@ -192,6 +192,29 @@ def test_kernel_pair_metrics_equal_the_walk(logits):
         assert norm_of_difference(a, b) == pytest.approx(slow_norm, rel=1e-12), name
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e-6])
+def test_logits_kl_and_top1_equal_the_definition(scale):
+    """KL(p_a || p_b) per row, averaged, against log_softmax in float64, from differences
+    of order one down to fp32 noise (a KL of ~1e-13), with row maxima far from zero."""
+    g = _g()
+    a = torch.randn(6, 2000, generator=g, dtype=torch.float64) * 4 + 30.0
+    b = a + scale * torch.randn(6, 2000, generator=g, dtype=torch.float64)
+    a, b = a.float(), b.float()
+    la, lb = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
+    want_kl = float((la.exp() * (la - lb)).sum(-1).mean())
+    want_top1 = float((a.argmax(-1) == b.argmax(-1)).double().mean())
+    for off in (False, True):
+        if off:
+            with kernels.disabled():
+                m = pair_metrics(a, b, 1e-4, 1e-3, logits=True)
+        else:
+            m = pair_metrics(a, b, 1e-4, 1e-3, logits=True)
+        assert m.top1_agree == want_top1
+        # Both are float64 evaluations exact to ~1e-16 x the rows' log-sum-exp (~37 here).
+        assert m.kl == pytest.approx(want_kl, rel=1e-6, abs=1e-14), (scale, off)
+    assert want_kl > (1e-12 if scale == 1e-6 else 1e-8)
+
+
 def test_identical_pairs_have_the_same_norm_on_both_paths():
     for t in (torch.randn(5000, generator=_g()), torch.randn(300, generator=_g()).bfloat16()):
         fast = pair_metrics(t, t.clone(), 0.0, 0.0)
