@@ -29,6 +29,8 @@ a sleeping thread and taking the GIL back cost 100-250 µs on the benchmark VM (
 tensor in two parts took 390 µs against 260 µs whole); reading 2 MiB takes about 400."""
 
 MAX_HELPERS = 3
+"""Helper threads at most (four parts): a bound on the threads a capture starts, chosen, not
+measured (the benchmark VM has two cores, so one helper)."""
 
 
 def usable_cores() -> int:

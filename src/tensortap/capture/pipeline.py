@@ -296,8 +296,9 @@ class WriterPipeline:
                     if not self._helper_tried and not self._closing:
                         self._helper = StatsHelper.for_this_machine(_one_intra_op_thread)
                         self._helper_tried = True
-            if self._helper is not None:
-                return self._helper.stats(t, sk)
+            helper = self._helper  # once: close() may clear it meanwhile
+            if helper is not None:
+                return helper.stats(t, sk)
         return tensor_stats(t, sketch=sk)
 
     @staticmethod
