@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from tensortap import kernels
-from tensortap.store.stats import kernel_reads, stat_sums
+from tensortap.store.stats import KERNEL_NATIVE, kernel_reads, numpy_view, stat_sums
 
 CHUNK = 1 << 15
 """Elements per float64 chunk: each working buffer is 256 KiB, so the four of them stay in
@@ -116,8 +116,6 @@ _NUMPY_WIDENS = {torch.float32, torch.float64, torch.float16, torch.int8, torch.
                  torch.int32, torch.int64, torch.bool}
 
 
-_KERNEL_NATIVE = {torch.float32, torch.float64}
-"""Dtypes the compiled pair kernel reads as they are."""
 _KERNEL_VIA_FLOAT32 = {torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.uint8,
                        torch.int16, torch.bool}
 """Dtypes exact in float32: a pair of these is converted a piece at a time for the kernel."""
@@ -140,13 +138,6 @@ def _widen(src: torch.Tensor, out: np.ndarray) -> np.ndarray:
     else:
         torch.from_numpy(dst).copy_(src)
     return dst
-
-
-def _numpy_or_none(x: torch.Tensor) -> np.ndarray | None:
-    try:
-        return x.numpy()
-    except (RuntimeError, TypeError):  # a tensor with its negative/conjugate bit set
-        return None
 
 
 def _dot(x: np.ndarray, y: np.ndarray) -> float:
@@ -194,8 +185,8 @@ def pair_metrics(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float,
 def _kernel_pieces(fa: torch.Tensor, fb: torch.Tensor):
     """``(offset, a, b)`` numpy pieces for the compiled kernel, or None when it cannot read
     the pair exactly (float64 against a narrow dtype, wide integers, float8, ...)."""
-    if fa.dtype in _KERNEL_NATIVE and fb.dtype in _KERNEL_NATIVE:
-        a, b = _numpy_or_none(fa), _numpy_or_none(fb)
+    if fa.dtype in KERNEL_NATIVE and fb.dtype in KERNEL_NATIVE:
+        a, b = numpy_view(fa), numpy_view(fb)
         return None if a is None or b is None else [(0, a, b)]
     if fa.dtype not in _KERNEL_VIA_FLOAT32 or fb.dtype not in _KERNEL_VIA_FLOAT32:
         return None
@@ -318,12 +309,12 @@ class _Walk:
         n, chunk = self.fa.numel(), self.chunk
         bufs, mask = _BUFFERS.get(min(chunk, n)) if n else ([], None)
         # The same float64 values in one compiled pass where the kernels read both dtypes.
-        k = kernels.get() if self.fa.dtype in _KERNEL_NATIVE and self.fb.dtype in _KERNEL_NATIVE else None
+        k = kernels.get() if self.fa.dtype in KERNEL_NATIVE and self.fb.dtype in KERNEL_NATIVE else None
         # NaN/Inf are expected input (counted or propagated below); numpy must not warn about them.
         with np.errstate(all="ignore"):
             for start in range(0, n, chunk):
                 pa, pb = self.fa[start:start + chunk], self.fb[start:start + chunk]
-                if k is not None and (a := _numpy_or_none(pa)) is not None and (b := _numpy_or_none(pb)) is not None:
+                if k is not None and (a := numpy_view(pa)) is not None and (b := numpy_view(pb)) is not None:
                     xa, xb, d = bufs[0][:a.size], bufs[1][:a.size], bufs[2][:a.size]
                     k.widen_pair(a, b, xa, xb, d)
                 else:

@@ -156,7 +156,6 @@ def finished(sk: CountSketch, t: torch.Tensor) -> np.ndarray | None:
     return sk.acc.numpy()
 
 
-
 def encode_sketch(values: tuple[float, ...] | np.ndarray) -> str:
     """The manifest form of a sketch (``ENCODED_PREFIX`` + base64 float64)."""
     raw = np.ascontiguousarray(values, dtype="<f8").tobytes()

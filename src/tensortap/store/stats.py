@@ -47,13 +47,13 @@ _scratch = threading.local()
 _NUMPY_REDUCE = {torch.float32, torch.float64, torch.float16,
                  torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
 
-_KERNEL_NATIVE = {torch.float32, torch.float64}
-"""Dtypes the compiled kernels read as they are."""
+KERNEL_NATIVE = {torch.float32, torch.float64}
+"""Dtypes the compiled kernels (statistics and diff metrics) read as they are."""
 _KERNEL_VIA_FLOAT32 = {torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.int16}
 """Dtypes converted to float32 (exactly) a piece at a time for the kernels. Wider integers
 are not exact in float32 and take the float64 path; so do the float8 types, rare here."""
 
-_KERNEL_DTYPES = _KERNEL_NATIVE | _KERNEL_VIA_FLOAT32
+_KERNEL_DTYPES = KERNEL_NATIVE | _KERNEL_VIA_FLOAT32
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -106,7 +106,7 @@ def _np_scratch(dtype: type, n: int) -> np.ndarray:
     return buf[:n]
 
 
-def _as_numpy(x: torch.Tensor) -> np.ndarray | None:
+def numpy_view(x: torch.Tensor) -> np.ndarray | None:
     """A numpy view of a CPU piece, or None for what numpy cannot view (bfloat16, float8,
     a tensor with its negative/conjugate bit set)."""
     try:
@@ -165,7 +165,7 @@ def stat_sums(t: torch.Tensor, start: int = 0, stop: int | None = None,
 def _kernel_sums(k, x: torch.Tensor, start: int,
                  sketch: tuple[np.ndarray, np.ndarray] | None) -> StatSums:
     """``stat_sums`` through the compiled one-pass kernel (``kernels.compiled.fused_stats``)."""
-    if x.dtype in _KERNEL_NATIVE and (a := _as_numpy(x)) is not None:
+    if x.dtype in KERNEL_NATIVE and (a := numpy_view(x)) is not None:
         return StatSums(*_kernel_call(k, a, start, sketch))  # one part: nothing to add up
     acc_sums = StatSums()
     for off, a in _float32_pieces(x):
@@ -204,7 +204,7 @@ def _numpy_sums(x: torch.Tensor, start: int, sketch: CountSketch | None) -> Stat
             # that spin on the model's core.
             total += float(p.sum())
             sumsq += float(torch.dot(p, p))
-            a = _as_numpy(src) if numpy_src else None
+            a = numpy_view(src) if numpy_src else None
             a = p.numpy() if a is None else a
             acc.mn = min(acc.mn, float(a.min()))  # numpy's min/max: ~1.6x faster than torch's
             acc.mx = max(acc.mx, float(a.max()))
@@ -251,7 +251,7 @@ def tensor_stats(t: torch.Tensor, sketch: CountSketch | None = None) -> TensorSt
 def _centred_sum_sq(t: torch.Tensor, mean: float, single: torch.Tensor | None) -> float:
     """sum((x - mean)^2) in float64, re-using the scratch piece when there was only one."""
     k = kernels.get()
-    if k is not None and t.dtype in _KERNEL_NATIVE and (a := _as_numpy(_flat(t))) is not None:
+    if k is not None and t.dtype in KERNEL_NATIVE and (a := numpy_view(_flat(t))) is not None:
         return float(k.centred_sum_sq(a, mean))
     pieces = [(0, single)] if single is not None else float64_pieces(t)
     m2 = 0.0
