@@ -7,6 +7,7 @@ without bounds checks). Speed is measured by bench/run.py, never here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -213,6 +214,74 @@ def test_logits_kl_and_top1_equal_the_definition(scale):
         # Both are float64 evaluations exact to ~1e-16 x the rows' log-sum-exp (~37 here).
         assert m.kl == pytest.approx(want_kl, rel=1e-6, abs=1e-14), (scale, off)
     assert want_kl > (1e-12 if scale == 1e-6 else 1e-8)
+
+
+def _exact_kl(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over rows of KL(softmax a || softmax b), in 40-digit arithmetic (mpmath); a
+    token that is -inf in A adds nothing."""
+    import mpmath
+    with mpmath.workdps(40):
+        total = mpmath.mpf(0)
+        for ra, rb in zip(a.double().tolist(), b.double().tolist()):
+            xa = [mpmath.mpf(v) for v in ra]
+            xb = [mpmath.mpf(v) for v in rb]
+            la = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in xa))
+            lb = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in xb))
+            total += mpmath.fsum(mpmath.exp(u - la) * ((u - la) - (v - lb))
+                                 for u, v in zip(xa, xb) if u != -mpmath.inf)
+        return float(total / len(a))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("centre", [0.0, 30.0])
+def test_logits_kl_is_within_float64_rounding_of_the_exact_value(dtype, centre):
+    """Both paths, against 40-digit arithmetic: the error stays at float64 rounding of the
+    KL's own terms (~1e-16), whatever the rows' log-sum-exp. A difference of two
+    log-sum-exps was off by ~1.6e-15 here (rounded at ~9-40), which is 0.1 % of a KL of
+    fp32 noise; the ratio of the shifted sums is not."""
+    g = _g()
+    for scale in (1.0, 1e-3, 1e-6):
+        a = torch.randn(3, 1500, generator=g, dtype=torch.float64) * 3 + centre
+        b = a + scale * torch.randn(3, 1500, generator=g, dtype=torch.float64)
+        a, b = a.to(dtype), b.to(dtype)
+        want = _exact_kl(a, b)
+        for off in (False, True):
+            if off:
+                with kernels.disabled():
+                    got = pair_metrics(a, b, 1e-4, 1e-3, logits=True, maybe_equal=False).kl
+            else:
+                got = pair_metrics(a, b, 1e-4, 1e-3, logits=True, maybe_equal=False).kl
+            assert got == pytest.approx(want, rel=1e-12, abs=4e-16), (scale, off)
+
+
+def test_logits_with_tokens_masked_to_minus_inf():
+    """A token masked (-inf) in both runs, or in A only, has p_a = 0 and adds nothing to
+    KL(A || B); masked in B only, where A is finite, the KL is infinite (reported as None),
+    as is a NaN. The same on both paths, and the masked positions never win top-1."""
+    g = _g()
+    a = torch.randn(4, 700, generator=g) * 2
+    b = a + 1e-2 * torch.randn(4, 700, generator=g)
+    both = torch.zeros(4, 700, dtype=torch.bool)
+    both[:, ::7] = True
+    a_only = torch.zeros_like(both)
+    a_only[:, 3::11] = True
+    a_only &= ~both
+    am, bm = a.masked_fill(both | a_only, float("-inf")), b.masked_fill(both, float("-inf"))
+    want = _exact_kl(am, bm)
+    b_only = bm.clone()
+    b_only[2, 5] = float("-inf")  # finite in A
+    nan = bm.clone()
+    nan[1, 1] = float("nan")
+    for off in (False, True):
+        with kernels.disabled() if off else contextlib.nullcontext():
+            m = pair_metrics(am, bm, 1e-4, 1e-3, logits=True, maybe_equal=False)
+            assert m.kl == pytest.approx(want, rel=1e-12, abs=4e-16), off
+            assert m.top1_agree == float((am.argmax(-1) == bm.argmax(-1)).double().mean())
+            assert pair_metrics(am, b_only, 1e-4, 1e-3, logits=True).kl is None, off
+            assert pair_metrics(am, nan, 1e-4, 1e-3, logits=True).kl is None, off
+            masked_in_all_rows = torch.full((2, 5), float("-inf"))
+            assert pair_metrics(masked_in_all_rows, masked_in_all_rows.clone(), 0.0, 0.0, logits=True,
+                                maybe_equal=False).kl is None, off
 
 
 def test_identical_pairs_have_the_same_norm_on_both_paths():

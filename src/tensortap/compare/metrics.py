@@ -15,9 +15,9 @@ argmax agrees) and ``kl`` (mean over rows of KL(softmax a || softmax b)).
 
 Speed (this is most of ``tt.diff``'s time): every metric of a pair comes from one pass
 over it. With the compiled kernels (``tensortap.kernels``) that pass is one loop
-(``pair_sums``; logits then add a numpy pass for their row metrics); without them, each
-chunk is widened to float64 once into preallocated buffers that stay in cache, and logits
-add their row metrics in the same walk. Pairs holding NaN/Inf take the walk, which masks
+(``pair_sums``; logits then add their row metrics: three compiled passes around numpy's
+vectorised ``exp``); without them, each chunk is widened to float64 once into
+preallocated buffers that stay in cache, and logits add their row metrics in the same walk. Pairs holding NaN/Inf take the walk, which masks
 them. A pair that is equal element for element (``torch.equal``, a memcmp-speed test) has
 known metrics and only needs ``||a||``.
 """
@@ -174,17 +174,24 @@ def pair_metrics(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float,
             m.top1_agree, m.kl = 1.0, 0.0
             return m
     m = _kernel_pair(fa, fb, atol, rtol)
+    rows = _kernel_logit_rows(fa, fb, vocab, max(1, chunk // vocab)) if vocab else None
     if m is None:
-        return _Walk(fa, fb, atol, rtol, chunk, vocab).run()
-    if vocab:
+        # NaN/Inf present (the walk masks them), or no kernels: then the walk also takes
+        # the logits rows, in the same pass.
+        m = _Walk(fa, fb, atol, rtol, chunk, vocab if rows is None else 0).run()
+    elif vocab and rows is None:
         rows = _Walk(fa, fb, 0.0, 0.0, chunk, vocab, logits_only=True).run()
+    if rows is not None:
         m.top1_agree, m.kl = rows.top1_agree, rows.kl
     return m
 
 
-def _kernel_pieces(fa: torch.Tensor, fb: torch.Tensor):
+def _kernel_pieces(fa: torch.Tensor, fb: torch.Tensor, piece: int = _KERNEL_PIECE):
     """``(offset, a, b)`` numpy pieces for the compiled kernel, or None when it cannot read
-    the pair exactly (float64 against a narrow dtype, wide integers, float8, ...)."""
+    the pair exactly (float64 against a narrow dtype, wide integers, float8, ...).
+
+    Dtypes the kernels read as they are come as one piece; others are converted to float32
+    ``piece`` elements at a time into ``_BUFFERS``' first two buffers."""
     if fa.dtype in KERNEL_NATIVE and fb.dtype in KERNEL_NATIVE:
         a, b = numpy_view(fa), numpy_view(fb)
         return None if a is None or b is None else [(0, a, b)]
@@ -193,12 +200,13 @@ def _kernel_pieces(fa: torch.Tensor, fb: torch.Tensor):
 
     def widened():
         n = fa.numel()
-        bufs, _ = _BUFFERS.get(min(_KERNEL_PIECE, n))
+        size = min(piece, n)
+        bufs, _ = _BUFFERS.get(size)
         # Two float32 views into the float64 scratch (half of each buffer's bytes).
-        xa = torch.from_numpy(bufs[0].view(np.float32)[:min(_KERNEL_PIECE, n)])
-        xb = torch.from_numpy(bufs[1].view(np.float32)[:min(_KERNEL_PIECE, n)])
-        for start in range(0, n, _KERNEL_PIECE):
-            pa, pb = fa[start:start + _KERNEL_PIECE], fb[start:start + _KERNEL_PIECE]
+        xa = torch.from_numpy(bufs[0].view(np.float32)[:size])
+        xb = torch.from_numpy(bufs[1].view(np.float32)[:size])
+        for start in range(0, n, piece):
+            pa, pb = fa[start:start + piece], fb[start:start + piece]
             yield start, xa[:pa.numel()].copy_(pa).numpy(), xb[:pb.numel()].copy_(pb).numpy()
     return widened()
 
@@ -237,9 +245,58 @@ def logits_metrics(a: torch.Tensor, b: torch.Tensor, m: PairMetrics, rows_per_ch
     vocab = _vocab(a)
     if not vocab:
         return
-    chunk = (rows_per_chunk or max(1, CHUNK // vocab)) * vocab
-    got = _Walk(_flat(a), _flat(b), 0.0, 0.0, chunk, vocab, logits_only=True).run()
+    rows = rows_per_chunk or max(1, CHUNK // vocab)
+    fa, fb = _flat(a), _flat(b)
+    got = _kernel_logit_rows(fa, fb, vocab, rows)
+    if got is None:
+        got = _Walk(fa, fb, 0.0, 0.0, rows * vocab, vocab, logits_only=True).run()
     m.top1_agree, m.kl = got.top1_agree, got.kl
+
+
+def _kernel_logit_rows(fa: torch.Tensor, fb: torch.Tensor, vocab: int, rows: int) -> PairMetrics | None:
+    """Top-1 agreement and KL through the compiled kernels, ``rows`` rows at a time; None
+    when the walk must do it (no kernels, or a dtype pair they cannot read exactly).
+
+    The same definitions as ``_Walk._logit_rows``, in fewer passes: the argmax runs on the
+    stored dtype (widening to float64 keeps the order, and numpy's argmax returns the first
+    NaN either way), each row is shifted by its maximum while it is widened, and one pass
+    takes both sums of A's exponentials while it writes B's shifted row. NaN/Inf are
+    handled as in the walk: a token that is -inf in A adds nothing, any other makes the
+    KL non-finite (``kl`` is then None).
+    """
+    k = kernels.get()
+    n = fa.numel()
+    # Whole rows per piece; bfloat16 and the like are converted to float32 a piece at a time.
+    piece = max(rows, _KERNEL_PIECE // vocab) * vocab
+    pieces = _kernel_pieces(fa, fb, piece) if k is not None and n else None
+    if pieces is None:
+        return None
+    bufs, _ = _BUFFERS.get(min(piece, n))  # the pieces' scratch is bufs[0:2]; e is bufs[2]
+    total = n // vocab
+    m = PairMetrics(numel=n)
+    agree, kl_sum = 0, 0.0
+    with np.errstate(all="ignore"):
+        for _, pa, pb in pieces:
+            pa, pb = pa.reshape(-1, vocab), pb.reshape(-1, vocab)
+            for r0 in range(0, pa.shape[0], rows):
+                ra, rb = pa[r0:r0 + rows], pb[r0:r0 + rows]
+                nr = ra.shape[0]
+                e = bufs[2][:nr * vocab].reshape(nr, vocab)
+                s_a, num, s_b = np.empty((3, nr))
+                top_a, top_b = np.argmax(ra, axis=1), np.argmax(rb, axis=1)
+                agree += int(np.count_nonzero(top_a == top_b))
+                at = np.arange(nr)
+                shift_a, shift_b = ra[at, top_a].astype(np.float64), rb[at, top_b].astype(np.float64)
+                k.shift_rows(ra, shift_a, e)
+                np.exp(e, out=e)
+                k.logit_row_sums(e, ra, rb, shift_b, s_a, num)
+                np.exp(e, out=e)
+                k.row_sums(e, s_b)
+                kl_sum += _rows_kl(num, s_a, s_b, shift_a, shift_b)
+    m.top1_agree = agree / total
+    kl = kl_sum / total
+    m.kl = kl if math.isfinite(kl) else None
+    return m
 
 
 def _vocab(a: torch.Tensor) -> int:
@@ -375,18 +432,25 @@ class _Walk:
 
         ``KL = sum p_a (log p_a - log p_b)`` with ``log p = x - lse(x)`` and ``sum p_a = 1``
         is ``sum p_a (x_a - x_b) - (lse_a - lse_b)``: two exponentials per element instead
-        of log_softmax twice and an exp. Any NaN/Inf in a row makes the sum non-finite, as
-        before (``kl`` is then None).
+        of log_softmax twice and an exp. A token that is -inf in A adds nothing (``p_a = 0``);
+        any other NaN/Inf makes the row's KL non-finite (``kl`` is then None): a NaN, a row
+        that is -inf throughout, +inf, or -inf in B where A is finite (the KL is infinite).
         """
         v = self.vocab
         ra, rb, rd, e = xa.reshape(-1, v), xb.reshape(-1, v), d.reshape(-1, v), tmp.reshape(-1, v)
         top_a, top_b = np.argmax(ra, axis=1), np.argmax(rb, axis=1)
         self.agree += int(np.count_nonzero(top_a == top_b))
         rows = np.arange(ra.shape[0])
-        lse_a, sum_a = _exp_rows(ra, ra[rows, top_a], e)
+        shift_a, shift_b = ra[rows, top_a], rb[rows, top_b]
+        s_a = _exp_rows(ra, shift_a, e)
         num = np.einsum("ij,ij->i", e, rd)  # sum exp(x_a - shift_a) (x_a - x_b), per row
-        lse_b, _ = _exp_rows(rb, rb[rows, top_b], e)
-        self.kl_sum += float(np.sum(num / sum_a - (lse_a - lse_b)))
+        bad = ~np.isfinite(num)
+        if bad.any():
+            # A token whose logit in A is -inf has p_a = 0 and adds nothing, even where B's
+            # is -inf too (a token masked in both runs): 0 * -inf must not make it NaN.
+            num[bad] = np.where(np.isneginf(ra[bad]), 0.0, e[bad] * rd[bad]).sum(axis=1)
+        s_b = _exp_rows(rb, shift_b, e)
+        self.kl_sum += _rows_kl(num, s_a, s_b, shift_a, shift_b)
 
     def _finish(self) -> PairMetrics:
         m, n = self.m, self.fa.numel()
@@ -404,26 +468,25 @@ class _Walk:
         return m
 
 
-# exp(x) is computed without subtracting the row maximum when that maximum is this
-# moderate: no term overflows (a row of 2**20 terms of e**600 stays far below float64's
-# e**709) and the largest does not underflow, and exp's relative accuracy does not depend
-# on the shift. It saves a pass per side; other rows (NaN/Inf included) are shifted.
-_EXP_SAFE = 600.0
-
-
-def _exp_rows(x: np.ndarray, mx: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``out = exp(x - shift)`` per row; returns each row's log-sum-exp and sum of ``out``.
-
-    ``mx`` is each row's maximum (the shift when one is needed).
-    """
-    if x.shape[1] <= 1 << 20 and bool(np.all(np.abs(mx) < _EXP_SAFE)):
-        np.exp(x, out=out)
-        s = np.sum(out, axis=1)
-        return np.log(s), s
+def _exp_rows(x: np.ndarray, mx: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = exp(x - mx)`` per row (``mx``: each row's maximum); returns the rows' sums."""
     np.subtract(x, mx[:, None], out=out)
     np.exp(out, out=out)
-    s = np.sum(out, axis=1)
-    return mx + np.log(s), s
+    return np.sum(out, axis=1)
+
+
+def _rows_kl(num: np.ndarray, s_a: np.ndarray, s_b: np.ndarray, shift_a: np.ndarray,
+             shift_b: np.ndarray) -> float:
+    """Sum over rows of ``KL = num/s_a - (lse_a - lse_b)`` with ``lse = shift + log(s)``.
+
+    The log-sum-exp difference is taken as ``(shift_a - shift_b) + log(s_a / s_b)``, not as
+    a difference of two log-sum-exps: each of those is rounded at its own magnitude (~1e-15
+    for the ~9-40 of typical logits), while the shifts' difference is exact (they are
+    stored values, close) and each ``s`` lies in ``[1, vocab]`` (shifted by the row
+    maximum), so the ratio cannot overflow and its log is accurate to ~1e-16. That error
+    is what remains of a KL of fp32 noise (1e-12 and below).
+    """
+    return float(np.sum(num / s_a - ((shift_a - shift_b) + np.log(s_a / s_b))))
 
 
 def norm_of_difference(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK) -> float:
