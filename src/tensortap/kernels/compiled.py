@@ -3,8 +3,9 @@
 Every loop keeps one accumulator per column of a ``WIDTH``-wide row instead of one scalar:
 columns are independent, so the compiler vectorises the loop without reordering any
 single sum (no fast-math), and each of the ``WIDTH`` float64 sums covers ``1/WIDTH`` of
-the elements, which only helps accuracy. NaN and Inf are not special-cased here: they
-make the sums non-finite, and callers then take their exact (masked) reference path.
+the elements, which only helps accuracy. NaN and Inf are not special-cased here (but for
+a logit of -inf, which has probability 0): they make the sums non-finite, and callers
+then take their exact (masked) reference path or report the value as not finite.
 """
 
 from __future__ import annotations
