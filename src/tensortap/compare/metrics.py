@@ -18,8 +18,9 @@ over it. With the compiled kernels (``tensortap.kernels``) that pass is one loop
 (``pair_sums``; logits then add their row metrics: three compiled passes around numpy's
 vectorised ``exp``); without them, each chunk is widened to float64 once into
 preallocated buffers that stay in cache, and logits add their row metrics in the same
-walk. Pairs holding NaN/Inf take the walk, which masks them. A pair that is equal element for element (``torch.equal``, a memcmp-speed test) has
-known metrics and only needs ``||a||``.
+walk. Pairs holding NaN/Inf take the walk, which masks them. A pair that is equal
+element for element (``torch.equal``, a memcmp-speed test) has known metrics and only
+needs ``||a||``.
 """
 
 from __future__ import annotations
