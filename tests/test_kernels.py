@@ -162,6 +162,8 @@ def _pairs():
     b[700], b[5], b[300] = 1.0, -1.0, 1.0  # a three-way tie: the first index wins
     yield "ties", z, b
     yield "2-d logits-like", torch.randn(7, 300, generator=g), torch.randn(7, 300, generator=g)
+    c = torch.randn(4000, 3, generator=g)
+    yield "a classifier's short rows", c, c + 0.1 * torch.randn(4000, 3, generator=g)
     nan = a.clone()
     nan[10], nan[20] = float("nan"), float("inf")
     yield "nan and inf", a, nan
@@ -257,12 +259,12 @@ def test_logits_kl_is_within_float64_rounding_of_the_exact_value(dtype, centre):
 
 def test_the_logits_row_sums_are_exact_to_an_ulp_or_two():
     """The row sums behind the log-sum-exps, against ``math.fsum`` of the same float64
-    terms, for row lengths around the lanes' width up to a real vocabulary's: within
+    terms, for row lengths around the lanes' count up to a real vocabulary's: within
     2.5e-16 relative (plain lanes, added one after the other, were off by up to 1.5e-15:
     a KL error of that size). Also: the pass rewrites ``e`` as B's shifted row."""
     k = kernels.get()
     rng = np.random.default_rng(5)
-    w = k.WIDTH
+    w = k.LANES
     for v in (1, 2, w - 1, w, w + 1, 3 * w + 5, 4099, 32000, 151936):
         for dtype in (np.float32, np.float64):
             a = (rng.standard_normal((3, v)) * 3).astype(dtype)
@@ -284,6 +286,30 @@ def test_the_logits_row_sums_are_exact_to_an_ulp_or_two():
                 assert abs(s_b[r] - exact) <= 2.5e-16 * exact, (v, dtype, r)
                 # A signed sum: the bound scales with the sum of magnitudes.
                 assert abs(num[r] - math.fsum(products[r])) <= 2.5e-16 * math.fsum(abs(products[r])), (v, r)
+
+
+def test_the_logits_row_kernels_never_write_outside_their_arrays():
+    """Like the statistics kernel, they run without bounds checks: every array they write
+    (the shifted rows, the sums) is a view into a larger buffer of signalling NaNs here,
+    and every element around it must keep its bits, for rows shorter and longer than the
+    lanes."""
+    k = kernels.get()
+    rng = np.random.default_rng(1)
+    pad = 64
+    for v in (1, 2, k.LANES - 1, k.LANES, k.LANES + 1, 300):
+        rows = 3
+        a = rng.standard_normal((rows, v)).astype(np.float32)
+        b = rng.standard_normal((rows, v))
+        bits = {name: np.full(size + 2 * pad, SENTINEL, dtype=np.uint64)
+                for name, size in (("e", rows * v), ("s", rows), ("num", rows), ("s_b", rows))}
+        view = {name: x.view(np.float64)[pad:len(x) - pad] for name, x in bits.items()}
+        e = view["e"].reshape(rows, v)
+        k.shift_rows(a, np.zeros(rows), e)
+        k.logit_row_sums(e, a, b, np.zeros(rows), view["s"], view["num"])
+        k.row_sums(e, view["s_b"])
+        for name, x in bits.items():
+            outside = np.concatenate([x[:pad], x[len(x) - pad:]])
+            assert (outside == SENTINEL).all(), (v, name)
 
 
 def test_logits_with_tokens_masked_to_minus_inf():
