@@ -175,13 +175,12 @@ def pair_metrics(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float,
             m.top1_agree, m.kl = 1.0, 0.0
             return m
     m = _kernel_pair(fa, fb, atol, rtol)
+    # Both kernel paths read the same dtype pairs: rows is None only when m is too (no
+    # kernels), and then the walk takes the logits rows in its own pass.
     rows = _kernel_logit_rows(fa, fb, vocab, max(1, chunk // vocab)) if vocab else None
     if m is None:
-        # NaN/Inf present (the walk masks them), or no kernels: then the walk also takes
-        # the logits rows, in the same pass.
+        # NaN/Inf present (the walk masks them), or no kernels.
         m = _Walk(fa, fb, atol, rtol, chunk, vocab if rows is None else 0).run()
-    elif vocab and rows is None:
-        rows = _Walk(fa, fb, 0.0, 0.0, chunk, vocab, logits_only=True).run()
     if rows is not None:
         m.top1_agree, m.kl = rows.top1_agree, rows.kl
     return m
