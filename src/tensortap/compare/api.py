@@ -6,8 +6,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from tensortap.compare.amplify import annotate
 from tensortap.compare.checks import gaps, preflight
+from tensortap.compare.judge import judge
+from tensortap.compare.noise import GAIN
 from tensortap.compare.mapping import Item, Mapping, resolve_mapping
 from tensortap.compare.pair import PairContext, compare_pair, stored_identical
 from tensortap.compare.pairing import Pairing, Unmatched, only_filter, pair_items
@@ -100,7 +101,7 @@ def diff(
     finally:
         ahead.close()
         ctx.loader.close(*(r for r in (run_a, run_b, run_c) if r is not None))
-    annotate(rows, getattr(mapper, "feeds", None))
+    judge(rows, getattr(mapper, "feeds", None))
     if run_c is not None and ctx.floor_missing:
         warnings.append(f"floor run has no usable record for {ctx.floor_missing} pair(s): plain tolerance used there")
     mapping_desc = {"map": mapping if isinstance(mapping, str) else str(mapping) if isinstance(mapping, Path)
@@ -154,7 +155,9 @@ def _first_divergence(rows: list[DiffRow], unmatched: list[Unmatched], strict: b
     for r in rows:
         if not r.failed:
             continue
-        if r.tripped in ("rel_l2",):
+        if r.tripped == "token_rel_l2":
+            value, limit = r.token_rel_l2, r.limit
+        elif r.tripped == "rel_l2":
             value, limit = r.rel_l2, r.limit
         elif r.tripped == "nan_inf":
             value, limit = (r.nan_mismatch or 0) + (r.inf_mismatch or 0), 0
@@ -182,7 +185,10 @@ def _name(x) -> str:
 
 def _divergence_message(r: DiffRow) -> str:
     where = f"{_name(r)}"
-    if r.tripped == "rel_l2":
+    if r.tripped == "token_rel_l2":
+        what = (f"{_worst_where(r)} relative error {r.token_rel_l2:.3g} > limit {r.limit:.3g} "
+                f"({_limit_terms(r)})")
+    elif r.tripped == "rel_l2":
         what = f"rel_l2 {r.rel_l2:.3g} > limit {r.limit:.3g}" if r.limit is not None and r.rel_l2 is not None \
             else "error beyond tolerance"
         if r.floor_rel_l2 is not None:
@@ -194,15 +200,32 @@ def _divergence_message(r: DiffRow) -> str:
     else:
         what = one_line(r.reason or r.status, 200)
     origin = {
-        "introduced": "introduced here (its inputs agree)",
+        "introduced": "introduced here (beyond what its inputs carry and its dtype explains)",
         "amplified": f"amplified {r.amplification:.3g}x from its inputs" if r.amplification else "amplified",
-        "carried": "carried in from its inputs",
+        "carried": "carried in from its inputs (token ids or positions differ)",
         "unknown": "inputs not captured",
     }.get(r.origin or "", "")
     est = " [estimated]" if r.estimated else ""
     if r.raw_a or r.raw_b:
         where += f" ({'; '.join(x for x in (r.raw_a, r.raw_b) if x)})"
     return f"{where}: {what}{est}" + (f"; {origin}" if origin else "")
+
+
+def _worst_where(r: DiffRow) -> str:
+    """``token (request 1, position 3)`` or ``row 7`` for the worst row of a pair."""
+    if not r.worst_row:
+        return "tensor"
+    if r.worst_row_is_token and len(r.worst_row) == 2:
+        return f"token (request {r.worst_row[0]}, position {r.worst_row[1]})"
+    return f"row {r.worst_row[0]}"
+
+
+def _limit_terms(r: DiffRow) -> str:
+    """What the limit is made of, as the noise model derives it (docs/diff.md)."""
+    own = f"own rounding {r.own_noise:.2g}" if r.own_noise is not None else "own rounding"
+    if r.carried:
+        return f"{GAIN:g} x carried {r.carried:.2g} from {r.carried_from} + {own}"
+    return f"{own}; its inputs agree exactly" if r.carried_from == "inputs" else own
 
 
 def _report(run_a: Run, run_b: Run, run_c: Run | None, rows: list[DiffRow], pairing: Pairing,

@@ -12,6 +12,7 @@ from tensortap.compare.loader import TensorLoader
 from tensortap.compare.mapping import Item
 from tensortap.compare.metrics import PairMetrics, norm_of_difference, pair_metrics
 from tensortap.compare.result import DiffRow
+from tensortap.compare.rows import RowErrors, row_errors
 from tensortap.compare.tolerance import Tolerance, TolerancePolicy, coarser_dtype, dtype_category, floor_bound
 from tensortap.errors import RunFormatError, one_line
 from tensortap.store.reader import Run
@@ -139,6 +140,8 @@ class _Measured:
     worst_index: list[int] | None = None
     worst_token: list[int] | None = None
     err_floor: float | None = None
+    rows: RowErrors | None = None
+    """Per-token errors (None for an identical pair: every row's error is 0)."""
 
 
 def _data_key(ia: Item, ib: Item, ic: Item | None, tol: Tolerance, is_logits: bool) -> tuple | None:
@@ -173,6 +176,7 @@ def _compare_data(row: DiffRow, ia: Item, ib: Item, ic: Item | None, tol: Tolera
     m = got.metrics
     _fill(row, m)
     row.worst_index, row.worst_token = got.worst_index, got.worst_token
+    row.row_errors = got.rows
     dtype = coarser_dtype(row.dtype_a or "float32", row.dtype_b or "float32") \
         if dtype_category(row.dtype_a) == "float" else "int64"
     return _decide(row, m, tol, got.err_floor, dtype)
@@ -246,6 +250,8 @@ def _measure(ia: Item, ib: Item, ic: Item | None, tol: Tolerance, is_logits: boo
             return out
         m = out.metrics = pair_metrics(al.a, al.b, tol.atol, tol.rtol, logits=is_logits,
                                        maybe_equal=_maybe_equal(ia, ib, al))
+        if m.err > 0:
+            out.rows = row_errors(al)
         if m.worst_flat is not None and m.max_abs > 0:
             idx, token = al.locate(m.worst_flat)
             out.worst_index = idx
@@ -320,23 +326,23 @@ def _fill(row: DiffRow, m: PairMetrics) -> None:
 
 
 def _decide(row: DiffRow, m: PairMetrics, tol: Tolerance, err_floor: float | None, dtype: str) -> DiffRow:
-    """Apply the tolerance rule (docs/diff.md) and record which metric tripped."""
+    """Integer data must be equal and NaN/Inf positions agree; with a floor run, the floor
+    rule decides (docs/diff.md). Other floating pairs are left to compare.judge."""
     if tol.exact:
         row.limit, row.ratio = 0.0, (0.0 if m.err == 0 else math.inf)
         if m.err > 0 or m.nan_mismatch or m.inf_mismatch:
             why = f"{m.fail_frac:.3g} of elements differ" + (f"; {row.reason}" if row.reason else "")
             return _fail(row, "diverged", "exact", why)
         return row
-    bound = tol.bound(m.numel, m.norm_a)
-    if err_floor is not None:
-        bound, k = floor_bound(err_floor, tol, dtype, m.numel, m.norm_a)
-        row.floor_k = k
-        row.floor_rel_l2 = err_floor / m.norm_a if m.norm_a > 0 else (0.0 if err_floor == 0 else math.inf)
-    row.limit = bound / m.norm_a if m.norm_a > 0 else math.inf
-    row.ratio = m.err / bound if bound > 0 else (0.0 if m.err == 0 else math.inf)
     if m.nan_mismatch or m.inf_mismatch:
         row.status, row.tripped = "diverged", "nan_inf"
-        return row
-    if m.err > bound:
+    if err_floor is None:
+        return row  # compare.judge decides with the noise model once every pair is measured
+    bound, k = floor_bound(err_floor, tol, dtype, m.numel, m.norm_a)
+    row.floor_k = k
+    row.floor_rel_l2 = err_floor / m.norm_a if m.norm_a > 0 else (0.0 if err_floor == 0 else math.inf)
+    row.limit = bound / m.norm_a if m.norm_a > 0 else math.inf
+    row.ratio = m.err / bound if bound > 0 else (0.0 if m.err == 0 else math.inf)
+    if row.status != "diverged" and m.err > bound:
         row.status, row.tripped = "diverged", "rel_l2"
     return row

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,11 @@ STATUSES = ("ok", "diverged", "mismatch", "error")
 """``ok``: within tolerance; ``diverged``: beyond it; ``mismatch``: cannot be compared
 (shape, dtype kind, tensor vs value); ``error``: data unreadable (corrupt shard)."""
 
-ORIGINS = ("introduced", "amplified", "carried", "unknown")
-"""For diverged outputs: error appears here although the module's inputs agree
-(``introduced``); inputs already diverged and the error grew at least 10x
-(``amplified``) or not (``carried``); inputs not captured (``unknown``)."""
-
-AMPLIFIED = 10.0
+ORIGINS = ("introduced", "carried", "amplified", "unknown")
+"""For diverged outputs (compare.judge): error beyond what the inputs (and, for a
+container, its children) carry and the dtype explains (``introduced``); integer inputs such as token ids already differ (``carried``). With a
+floor run: inputs diverged and the error grew at least 10x (``amplified``) or not
+(``carried``), or inputs not captured (``unknown``)."""
 
 
 @dataclass
@@ -89,6 +88,23 @@ class DiffRow:
     raw_a: str | None = None
     """Run A's own name for this pair when a mapping renamed it (an anchor's source records)."""
     raw_b: str | None = None
+    token_rel_l2: float | None = None
+    """Relative error of the worst token row, ``||a_t - b_t|| / ||a_t||`` (compare.rows)."""
+    worst_row: list[int] | None = None
+    """That row: ``[request, position]`` when rows are tokens, else ``[row index]``."""
+    worst_row_is_token: bool = False
+    carried: float | None = None
+    """The worst-token error this row's sources already carry (compare.noise)."""
+    carried_from: str | None = None
+    """Where ``carried`` was read: ``inputs``, ``children`` (a container's nested modules),
+    ``feeds`` (anchors), ``upstream`` (rows
+    earlier in the step, when inputs were not captured), ``earlier steps``, ``none``."""
+    own_noise: float | None = None
+    """The rounding error the noise model allows this row's own arithmetic."""
+    growth: float | None = None
+    """``token_rel_l2 / max(carried, own_noise)``: how much error grows here (``--top``)."""
+    row_errors: Any = field(default=None, repr=False, compare=False)
+    """Per-token errors (compare.rows.RowErrors), kept in memory only: not in JSON."""
 
     @property
     def name(self) -> str:
@@ -101,7 +117,10 @@ class DiffRow:
         return self.status in ("diverged", "mismatch")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _finite(v) for k, v in asdict(self).items()}
+        return {f.name: _finite(getattr(self, f.name)) for f in fields(self) if f.name not in _IN_MEMORY}
+
+
+_IN_MEMORY = {"row_errors"}
 
 
 @dataclass
