@@ -35,7 +35,7 @@ def test_planted_perturbation_is_the_first_divergence(runs):
     assert rep.verdict == "diverged" and rep.exit_code == 1
     fd = rep.first_divergence
     assert (fd.module, fd.step, fd.call, fd.role, fd.path) == (PLANTED_MODULE, 0, 0, "output", "")
-    assert fd.metric == "rel_l2" and fd.value > fd.limit > 0
+    assert fd.metric == "token_rel_l2" and fd.value > fd.limit > 0
     assert fd.origin == "introduced"
     assert PLANTED_MODULE in rep.summary_line
     # Everything before it in execution order agrees, its own input included.
@@ -43,12 +43,12 @@ def test_planted_perturbation_is_the_first_divergence(runs):
     row = rep.rows[fd.row]
     assert row.input_rel_l2 == 0 and row.amplification == math.inf
     assert row.worst_token is not None and row.worst_index is not None
-    # The bug is in the same module at every step (it is a weight).
-    firsts = {}
-    for r in rep.rows:
-        if r.status == "diverged" and r.role == "output":
-            firsts.setdefault(r.step, r.module)
-    assert firsts == {0: PLANTED_MODULE, 1: PLANTED_MODULE, 2: PLANTED_MODULE}
+    # Later steps do not introduce it again: the same module's error at step 0 is what
+    # its state (and its weight) already carried.
+    introduced = {(r.step, r.module) for r in rep.rows if r.status == "diverged"}
+    assert introduced == {(0, PLANTED_MODULE)}
+    later = [r for r in rep.rows if r.module == PLANTED_MODULE and r.role == "output" and r.step > 0]
+    assert later and all(r.status == "ok" and r.carried_from == "earlier steps" for r in later)
 
 
 def test_later_modules_show_amplification_not_introduction(runs):
@@ -56,14 +56,17 @@ def test_later_modules_show_amplification_not_introduction(runs):
     by = {(r.step, r.module, r.role, r.path): r for r in rep.rows}
     for module in ("model.norm", "lm_head"):
         r = by[(0, module, "output", "")]
-        assert r.status == "diverged"
-        assert r.origin in ("carried", "amplified"), (module, r.origin)
+        # Far beyond fp32 noise, but no more than its inputs carry: carried, not a divergence.
+        assert r.token_rel_l2 > 1e-3 and r.status == "ok" and r.origin is None
+        assert r.carried > 0 and r.carried_from == "inputs" and r.token_rel_l2 <= r.limit
         assert r.input_rel_l2 > 0 and 0 < r.amplification < 10
-    # Modules downstream of the bug never claim to introduce it, except its containers.
+    # Containers of the bug carry it from their children: only the module itself introduces it.
     fd = rep.first_divergence
-    containers = {"", "model", "model.layers.1", "model.layers.1.mlp", PLANTED_MODULE}
-    introduced = {r.module for r in rep.rows if r.origin == "introduced"}
-    assert introduced <= containers
+    for module in ("", "model", "model.layers.1", "model.layers.1.mlp"):
+        outs = [r for r in rep.rows if r.step == 0 and r.module == module and r.role == "output"
+                and r.token_rel_l2]
+        assert outs and all(r.status == "ok" and r.carried_from == "children" for r in outs), module
+    assert {r.module for r in rep.rows if r.origin == "introduced"} == {PLANTED_MODULE}
     logits = by[(0, "lm_head", "output", "")]
     assert logits.is_logits and logits.top1_agree is not None and logits.kl is not None and logits.kl >= 0
     assert fd.row < logits.index
@@ -77,7 +80,7 @@ def test_json_document_schema(runs):
     assert doc["verdict"] == "diverged" and doc["exit_code"] == 1
     fd = doc["first_divergence"]
     assert {"module", "step", "call", "role", "path", "metric", "value", "limit"} <= set(fd)
-    assert fd["module"] == PLANTED_MODULE and fd["metric"] == "rel_l2"
+    assert fd["module"] == PLANTED_MODULE and fd["metric"] == "token_rel_l2"
     assert isinstance(doc["rows"], list) and isinstance(doc["unmatched"], list)
     assert len(doc["rows"]) == doc["counts"]["pairs"]
     for row in doc["rows"]:

@@ -34,7 +34,7 @@ def test_json_and_html_outputs(runs, capsys, tmp_path):
     doc = json.loads(out)  # stdout is pure JSON
     fd = doc["first_divergence"]
     assert (fd["module"], fd["step"], fd["call"], fd["role"], fd["path"]) == (PLANTED_MODULE, 0, 0, "output", "")
-    assert fd["metric"] == "rel_l2" and doc["rows"] and doc["unmatched"] == []
+    assert fd["metric"] == "token_rel_l2" and doc["rows"] and doc["unmatched"] == []
     assert html.is_file() and "HTML report" in err
     code, out, _ = _cli(capsys, runs.a, runs.a_rerun, "--json")
     assert code == 0 and json.loads(out)["first_divergence"] is None

@@ -8,7 +8,7 @@ from rich.markup import escape
 
 from tensortap.cli.common import add_command, console, err_console
 from tensortap.cli.sources import add_open_options, open_source
-from tensortap.errors import one_line
+from tensortap.errors import TensortapError, one_line
 
 
 def register(sub) -> None:
@@ -18,7 +18,8 @@ def register(sub) -> None:
         "(exit 0 agree, 1 diverged, 2 error or inconclusive).",
         "tensortap diff runs/a runs/b --html report.html\n"
         "  tensortap diff runs/a runs/b --json --rtol 1e-3 --only 'layers\\.(1|2)\\.'\n"
-        "  tensortap diff runs/fp32 runs/bf16-engine --floor runs/bf16-reference",
+        "  tensortap diff runs/fp32 runs/bf16-engine --floor runs/bf16-reference\n"
+        "  tensortap diff runs/fp32 runs/int8 --top 10     # where does quantization hurt most",
     )
     p.add_argument("run_a", metavar="RUN_A", help="the reference run")
     p.add_argument("run_b", metavar="RUN_B", help="the run to check against it")
@@ -42,10 +43,18 @@ def register(sub) -> None:
     add_open_options(p, ("-a", "-b"))
     p.add_argument("--limit", type=int, default=30, help="table rows to show (0: all selected)")
     p.add_argument("--all", action="store_true", help="show every pair, not just the interesting part")
+    p.add_argument("--top", type=int, default=0, metavar="N",
+                   help="also list the N module outputs whose error grows most (own error over carried)")
+    p.add_argument("--top-per", choices=["overall", "step"], default="overall",
+                   help="--top ranks each module once (overall: its worst step) or each step apart")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.top < 0:
+        raise TensortapError("--top must be >= 0")
+    if args.limit < 0:
+        raise TensortapError("--limit must be >= 0 (0 shows every selected row)")
     from tensortap.compare.api import diff
     from tensortap.compare.tolerance import parse_override
     from tensortap.report.diff_table import progress_bar, render
@@ -57,14 +66,15 @@ def run(args) -> int:
     with progress_bar(err_console) as progress:
         report = diff(run_a, run_b, mapping=args.map, atol=args.atol, rtol=args.rtol,
                       tolerances=overrides, only=args.only, strict=args.strict, floor=floor,
-                      force=args.force, read_all=args.read_all, progress=progress)
+                      force=args.force, read_all=args.read_all, progress=progress,
+                      top=max(args.top, 10), top_per=args.top_per)
     html_path = report.to_html(args.html) if args.html else None
     if args.json:
         print(report.to_json(indent=1))
         if html_path is not None:
             print(f"HTML report: {one_line(str(html_path))}", file=sys.stderr)
         return report.exit_code
-    console.print(render(report, limit=args.limit, show_all=args.all))
+    console.print(render(report, limit=args.limit, show_all=args.all, top=args.top))
     if html_path is not None:
         console.print(f"HTML report: {escape(one_line(str(html_path)))}", highlight=False)
     return report.exit_code

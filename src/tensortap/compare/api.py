@@ -11,6 +11,8 @@ from tensortap.compare.judge import judge
 from tensortap.compare.noise import GAIN
 from tensortap.compare.mapping import Item, Mapping, resolve_mapping
 from tensortap.compare.pair import PairContext, compare_pair, stored_identical
+from tensortap.compare.ranking import growth_entry, top_growth
+from tensortap.compare.tokentext import token_info
 from tensortap.compare.pairing import Pairing, Unmatched, only_filter, pair_items
 from tensortap.compare.result import DiffReport, DiffRow, Divergence
 from tensortap.compare.tolerance import Override, TolerancePolicy
@@ -46,6 +48,8 @@ def diff(
     force: bool = False,
     read_all: bool = False,
     progress: Progress | None = None,
+    top: int = 10,
+    top_per: str = "overall",
 ) -> DiffReport:
     """Compare run ``b`` against run ``a`` (the reference) and report where they part ways.
 
@@ -65,6 +69,8 @@ def diff(
             show it identical (by default such pairs are reported identical unread); this
             also verifies the checksum of every tensor compared.
         progress: callback ``(done, total)`` after each pair.
+        top, top_per: how many outputs ``top_growth`` ranks by error growth, and whether
+            one entry per module (``"overall"``) or per step and module (``"step"``).
 
     Returns:
         A DiffReport: ``rows`` (execution order of ``a``), ``first_divergence``, ``unmatched``,
@@ -109,7 +115,15 @@ def diff(
     notes = getattr(mapper, "notes", None)
     if isinstance(notes, list):  # an anchor adapter's findings (identities, missing anchors)
         warnings += [str(n) for n in notes]
-    return _report(run_a, run_b, run_c, rows, pairing, warnings, strict, policy, mapping_desc, only, ctx)
+    rep = _report(run_a, run_b, run_c, rows, pairing, warnings, strict, policy, mapping_desc, only, ctx)
+    rep.top_growth = [growth_entry(r) for r in top_growth(rows, top, top_per)]
+    fd = rep.first_divergence
+    if fd is not None and fd.row is not None:
+        r = rows[fd.row]
+        if r.worst_row_is_token and r.worst_row and len(r.worst_row) == 2:
+            fd.token = token_info(run_a, r.step, r.rank, (r.worst_row[0], r.worst_row[1])) or {
+                "request": r.worst_row[0], "position": r.worst_row[1], "token_id": None, "text": None}
+    return rep
 
 
 def _ranges_read(pairing: Pairing, floor_items: dict[tuple, Item], ctx: PairContext) -> list[list[Range]]:

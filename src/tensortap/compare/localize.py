@@ -23,6 +23,7 @@ from tensortap.compare.api import diff
 from tensortap.compare.result import DiffRow, _finite
 from tensortap.localize.replay import replay_run
 from tensortap.localize.root_replay import capture_on_reference_inputs
+from tensortap.errors import TensortapError
 from tensortap.store.reader import Run
 
 
@@ -89,6 +90,14 @@ def localize(
     Work runs go to ``out`` (default: a temporary folder), as ``replay/`` and ``propagated/``.
     """
     ref = reference if isinstance(reference, Run) else Run(reference)
+    engine = (ref.info.get("engine") or {}).get("name") if isinstance(ref.info, dict) else None
+    if engine == "vllm":
+        # vLLM's modules take vLLM's own arguments (flattened tokens, attention metadata,
+        # a KV cache): a transformers module cannot be called on them.
+        raise TensortapError(f"{ref.path}: localize needs a reference captured with transformers or "
+                             "plain PyTorch (its module calls are replayed on model B); this run is from "
+                             "vLLM: capture the reference with --engine hf, or compare the vLLM run with "
+                             "`tensortap diff`")
     work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="tensortap-localize-"))
     work.mkdir(parents=True, exist_ok=True)
     keep = None

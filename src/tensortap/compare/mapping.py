@@ -59,6 +59,9 @@ class Item:
     """Builds the tensor when it is not simply ``run.load(record)`` (anchor adapters).
     Such a tensor is compared as given: its rows must already be lined up with the other
     side's (no token-table alignment is applied)."""
+    row_keys: tuple[tuple[int, int], ...] | None = None
+    """With ``loader``: the ``(request, position)`` of each row of the built tensor, when
+    its rows are tokens (reports name the worst token by them)."""
 
     @property
     def rank(self) -> int:

@@ -251,7 +251,7 @@ def _measure(ia: Item, ib: Item, ic: Item | None, tol: Tolerance, is_logits: boo
         m = out.metrics = pair_metrics(al.a, al.b, tol.atol, tol.rtol, logits=is_logits,
                                        maybe_equal=_maybe_equal(ia, ib, al))
         if m.err > 0:
-            out.rows = row_errors(al)
+            out.rows = row_errors(al, list(ia.row_keys) if ia.loader and ia.row_keys else None)
         if m.worst_flat is not None and m.max_abs > 0:
             idx, token = al.locate(m.worst_flat)
             out.worst_index = idx

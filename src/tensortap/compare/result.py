@@ -145,6 +145,9 @@ class Divergence:
     """Index into ``rows`` (None for an unmatched record under --strict)."""
     estimated: bool = False
     message: str = ""
+    token: dict[str, Any] | None = None
+    """The worst token of the diverging tensor: ``{request, position, token_id, text}``
+    (text when the model folder's tokenizer is at hand)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _finite(v) for k, v in asdict(self).items()}
@@ -168,6 +171,8 @@ class DiffReport:
     steps: list[int] = field(default_factory=list)
     peak_loaded_bytes: int = 0
     """Largest number of tensor bytes held at once while comparing (the memory bound)."""
+    top_growth: list[dict[str, Any]] = field(default_factory=list)
+    """The outputs whose error grows most (compare.ranking), largest first."""
 
     @property
     def exit_code(self) -> int:
@@ -194,6 +199,7 @@ class DiffReport:
             "steps": list(self.steps),
             "warnings": list(self.warnings),
             "settings": self.settings,
+            "top_growth": [{k: _finite(v) for k, v in e.items()} for e in self.top_growth],
             "rows": [r.to_dict() for r in self.rows],
             "unmatched": [u.to_json() for u in self.unmatched],
         }

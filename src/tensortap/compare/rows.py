@@ -69,11 +69,17 @@ def _rows_view(al: Aligned) -> tuple[torch.Tensor, torch.Tensor, list[TokenKey] 
     return a.reshape(1, -1), b.reshape(1, -1), None
 
 
-def row_errors(al: Aligned) -> RowErrors | None:
-    """Per-row errors of an aligned floating pair; None for non-floating data."""
+def row_errors(al: Aligned, keys: list[TokenKey] | None = None) -> RowErrors | None:
+    """Per-row errors of an aligned floating pair; None for non-floating data.
+
+    ``keys``: the token of each row of ``al.a`` when the caller knows them (tensors an
+    anchor adapter built with their rows already lined up)."""
     if not (al.a.is_floating_point() and al.b.is_floating_point()):
         return None
-    a, b, keys = _rows_view(al)
+    if keys is not None and al.a.dim() == 2 and al.a.shape[0] == len(keys):
+        a, b = al.a, al.b
+    else:
+        a, b, keys = _rows_view(al)
     n_rows = a.shape[0]
     if n_rows == 0:
         return RowErrors(np.zeros(0), np.zeros(0), keys)

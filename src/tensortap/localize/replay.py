@@ -38,6 +38,16 @@ def _param_placement(module: nn.Module) -> tuple[torch.device, torch.dtype | Non
     return torch.device("cpu"), None
 
 
+def _copy_tokens(reference: Run, writer: RankWriter, steps: list[int]) -> None:
+    """The replay sees the reference's own inputs, so it has the reference's token rows:
+    the diff then aligns rows and leaves padding out exactly as for the reference."""
+    rank = reference.ranks[0] if reference.ranks else 0
+    for step in steps:
+        table = reference.tokens(step, rank)
+        if isinstance(table, dict):
+            writer.append_tokens({**table, "step": step})
+
+
 def replay_run(
     model: nn.Module,
     reference: Run,
@@ -68,6 +78,7 @@ def replay_run(
             has_output.add(key)
     skipped: dict[str, str] = {}
     writer = RankWriter(out, 0, durable=False)
+    _copy_tokens(reference, writer, sorted({k[0] for k in order}))
     seq = 0
     started = time.time()
     for i, key in enumerate(order):

@@ -49,8 +49,13 @@ def capture_on_reference_inputs(model: nn.Module, reference: Run, out: str | Pat
     cfg = build_config(out=str(out), modules=modules or None, overwrite=overwrite, durable=False)
     session = CaptureSession(model, cfg, engine={"name": (reference.info.get("engine") or {}).get("name", "torch"),
                                                  "replay_of": str(reference.path), "root_replay": True})
+    rank = reference.ranks[0] if reference.ranks else 0
     with session, torch.inference_mode():
         for step, args, kwargs in calls:
             session.set_next_step(step)
+            # Same inputs as the reference, so the same token rows (padding left out in diffs).
+            table = reference.tokens(step, rank)
+            if isinstance(table, dict):
+                session.add_tokens(step, {k: v for k, v in table.items() if k != "step"})
             model(*move_floating(args, device, dtype), **move_floating(kwargs, device, dtype))
     return Run(out), skipped

@@ -26,13 +26,17 @@ ROW_FIELDS = ("index", "rank", "step", "module", "call", "role", "path", "status
               "reason", "dtype_a", "dtype_b", "shape_a", "shape_b", "rel_l2", "max_abs", "mean_abs", "cosine",
               "rel_diff", "sqnr_db", "allclose_fail_frac", "nan_mismatch", "inf_mismatch", "worst_index",
               "worst_token", "top1_agree", "kl", "limit", "ratio", "tripped", "floor_rel_l2",
-              "amplification", "origin", "tol_source", "module_b", "path_b")
+              "amplification", "origin", "tol_source", "module_b", "path_b", "token_rel_l2", "worst_row",
+              "worst_row_is_token", "carried", "carried_from", "own_noise", "growth")
 
 
 def render_html(report: dict[str, Any]) -> str:
     """The page for a ``DiffReport.to_dict()`` document."""
     data = {k: v for k, v in report.items() if k != "rows"}
     data["rows"] = [{k: r.get(k) for k in ROW_FIELDS} for r in report.get("rows", [])]
+    for r in data["rows"]:
+        # The error the verdict judges (worst token), else the whole tensor's (estimates).
+        r["err"] = r["token_rel_l2"] if r.get("token_rel_l2") is not None else r.get("rel_l2")
     title = html.escape(one_line(f"tensortap diff: {report.get('run_a')} vs {report.get('run_b')}", 300))
     return _TEMPLATE.replace("__TITLE__", title).replace("__DATA__", json_for_script(data))
 
@@ -96,7 +100,7 @@ tr.flash td { outline: 2px solid #f0a000; }
   <span><i class="dot" style="background:var(--bad)"></i>diverged</span>
   <span><i class="dot" style="background:var(--mis)"></i>mismatch</span>
   <span><i class="dot" style="background:var(--err)"></i>error</span>
-  <span>— grey ticks: allowed rel_l2 (limit); ◎ first divergence; y: rel_l2 (log scale); points at the bottom are exact (0)</span>
+  <span>— grey ticks: allowed error (limit); ◎ first divergence; y: worst token's relative error (log scale); points at the bottom are exact (0)</span>
 </div>
 <div class="plots" id="plots"></div>
 <h2>Pairs</h2>
@@ -162,6 +166,22 @@ window.onerror = function (msg, src, line) {
   }
   var notes = document.getElementById("notes");
   (D.warnings || []).forEach(function (w) { notes.appendChild(el("li", null, w)); });
+  if (first && first.token) {
+    var t = first.token;
+    notes.appendChild(el("li", null, "worst token of the first divergence: request " + t.request +
+      ", position " + t.position + (t.text !== null && t.text !== undefined ? " " + JSON.stringify(t.text) : "") +
+      (t.token_id !== null && t.token_id !== undefined ? " (id " + t.token_id + ")" : "")));
+  }
+  if ((D.top_growth || []).length) {
+    var li = el("li", null, "where error grows most: ");
+    D.top_growth.slice(0, 10).forEach(function (e, i) {
+      var a = el("a", { href: "#row-" + e.row }, (i ? ", " : "") + (e.module || "<root>") + "@" + e.step +
+        " ×" + fmt(e.growth, 3));
+      a.addEventListener("click", function (ev) { ev.preventDefault(); reveal(e.row); });
+      li.appendChild(a);
+    });
+    notes.appendChild(li);
+  }
 
   // -- plots: one per step, rel_l2 on a log scale along execution order ----------------
   var FLOOR = 1e-12;
@@ -178,7 +198,7 @@ window.onerror = function (msg, src, line) {
     var W = 560, H = 220, L = 46, R = 10, T = 10, B = 26;
     var vals = [];
     list.forEach(function (r) {
-      if (typeof r.rel_l2 === "number" && r.rel_l2 > 0) vals.push(r.rel_l2);
+      if (typeof r.err === "number" && r.err > 0) vals.push(r.err);
       if (typeof r.limit === "number" && r.limit > 0) vals.push(r.limit);
     });
     var lo = Math.floor(Math.log10(Math.max(FLOOR, vals.length ? Math.min.apply(null, vals) : 1e-8)));
@@ -211,15 +231,15 @@ window.onerror = function (msg, src, line) {
       if (typeof r.limit === "number" && r.limit > 0 && isFinite(r.limit)) {
         g.appendChild(svg("line", { x1: X(i) - 2.5, x2: X(i) + 2.5, y1: Y(r.limit), y2: Y(r.limit), stroke: "#a9b2bd" }));
       }
-      if (r.rel_l2 !== null && r.rel_l2 !== undefined) pts.push(X(i).toFixed(1) + "," + Y(r.rel_l2).toFixed(1));
+      if (r.err !== null && r.err !== undefined) pts.push(X(i).toFixed(1) + "," + Y(r.err).toFixed(1));
     });
     if (pts.length > 1) g.appendChild(svg("polyline", { points: pts.join(" "), fill: "none", stroke: "#c2cad3", "stroke-width": 1 }));
     list.forEach(function (r, i) {
-      var y = Y(r.rel_l2 === null || r.rel_l2 === undefined ? (r.status === "ok" ? 0 : Math.pow(10, hi)) : r.rel_l2);
+      var y = Y(r.err === null || r.err === undefined ? (r.status === "ok" ? 0 : Math.pow(10, hi)) : r.err);
       var c = svg("circle", { cx: X(i), cy: y, r: r.status === "ok" ? 2.6 : 3.6, fill: COLORS[r.status] || "#888",
                               "data-row": r.index, style: "cursor:pointer" });
       var tip = svg("title", {});
-      tip.textContent = name(r) + "\nrel_l2 " + fmt(r.rel_l2) + "  limit " + fmt(r.limit) + "\n" + r.status +
+      tip.textContent = name(r) + "\nworst token " + fmt(r.err) + "  limit " + fmt(r.limit) + "  rel_l2 " + fmt(r.rel_l2) + "\n" + r.status +
         (r.origin ? " (" + r.origin + ")" : "");
       c.appendChild(tip);
       c.addEventListener("click", function () { reveal(r.index); });
@@ -243,7 +263,8 @@ window.onerror = function (msg, src, line) {
   var COLS = [
     ["#", "index", "num"], ["step", "step", "num"], ["module", "module", "name"], ["call", "call", "num"],
     ["role", "role"], ["path", "path", "name"], ["shape", "shape_a"], ["dtype", "dtype_a"],
-    ["rel_l2", "rel_l2", "num"], ["max_abs", "max_abs", "num"], ["cosine", "cosine", "num"],
+    ["rel_l2", "rel_l2", "num"], ["token", "token_rel_l2", "num"], ["at", "worst_row"],
+    ["growth", "growth", "num"], ["max_abs", "max_abs", "num"], ["cosine", "cosine", "num"],
     ["SQNR dB", "sqnr_db", "num"], ["limit", "limit", "num"], ["err/limit", "ratio", "num"],
     ["amp", "amplification", "num"], ["top-1", "top1_agree", "num"], ["KL", "kl", "num"],
     ["origin", "origin"], ["status", "status"], ["note", "reason", "name"]

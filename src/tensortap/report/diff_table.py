@@ -81,7 +81,7 @@ def _status(r: DiffRow) -> Text:
 
 
 def _origin(r: DiffRow) -> str:
-    """Where a diverged output's error comes from; the amplification factor when known."""
+    """Where a diverged output's error comes from; otherwise how much it grew here."""
     amp = r.amplification
     factor = f" ×{amp:.3g}" if amp is not None and amp != float("inf") else ""
     if r.origin == "introduced":
@@ -93,24 +93,35 @@ def _origin(r: DiffRow) -> str:
     return factor.strip() or "-"
 
 
+def _token(r: DiffRow) -> str:
+    """The worst row: ``r1 p3`` (request 1, position 3), or ``#7`` when rows are not tokens."""
+    if not r.worst_row:
+        return "-"
+    if r.worst_row_is_token and len(r.worst_row) == 2:
+        return f"r{r.worst_row[0]} p{r.worst_row[1]}"
+    return f"#{r.worst_row[0]}"
+
+
 def diff_table(report: DiffReport, rows: list[DiffRow], title: str | None = None, more: int = 0) -> Table:
     """Rows as a table; the first divergence is marked with ▶; ``more``: selected rows left out.
 
     SQNR and cosine are left to --json/--html: SQNR is -20 log10(rel_l2) and would only
     repeat the rel_l2 column.
     """
-    table = Table(title=title, header_style="bold", show_lines=False)
+    table = Table(title=title, header_style="bold", show_lines=False,
+                  caption="rel_l2: whole tensor; token: worst token row's relative error, judged "
+                          "against limit (docs/diff.md)", caption_style="dim")
     for col, just in (("#", "right"), ("step", "right"), ("module", "left"), ("role.path", "left"),
-                      ("shape", "left"), ("dtype", "left"), ("rel_l2", "right"), ("max_abs", "right"),
-                      ("limit", "right"), ("origin", "left"), ("status", "left")):
+                      ("shape", "left"), ("dtype", "left"), ("rel_l2", "right"), ("token", "right"),
+                      ("at", "left"), ("limit", "right"), ("origin", "left"), ("status", "left")):
         table.add_column(col, justify=just, overflow="fold",
-                         no_wrap=col in ("#", "step", "rel_l2", "max_abs", "limit", "status"),
+                         no_wrap=col in ("#", "step", "rel_l2", "token", "at", "limit", "status"),
                          min_width=30 if col == "module" else None)
     first = report.first_divergence.row if report.first_divergence else None
     prev = None
     for r in rows:
         if prev is not None and r.index != prev + 1:
-            table.add_row("…", "", Text(f"{r.index - prev - 1} pair(s) skipped", style="dim"), *[""] * 8)
+            table.add_row("…", "", Text(f"{r.index - prev - 1} pair(s) skipped", style="dim"), *[""] * 9)
         prev = r.index
         mark = r.index == first
         est = "~" if r.estimated else ""
@@ -118,13 +129,14 @@ def diff_table(report: DiffReport, rows: list[DiffRow], title: str | None = None
             ("▶ " if mark else "") + str(r.index), str(r.step), Text(_name(r)), Text(_where(r)), _shape(r),
             Text(one_line(_dtype(r), 40)),
             est + fmt_num(r.rel_l2, 3) if r.kind != "value" else "-",
-            est + fmt_num(r.max_abs, 3) if r.kind != "value" else "-",
+            est + fmt_num(r.token_rel_l2, 3) if r.token_rel_l2 is not None else "-",
+            _token(r),
             fmt_num(r.limit, 2) if r.limit not in (None, float("inf")) else "-",
             _origin(r) if r.role == "output" else "-", _status(r),
         ]
         table.add_row(*cells, style="bold" if mark else None)
     if more:
-        table.add_row("…", "", Text(f"{more} more (--limit 0 shows them all)", style="dim"), *[""] * 8)
+        table.add_row("…", "", Text(f"{more} more (--limit 0 shows them all)", style="dim"), *[""] * 9)
     return table
 
 
@@ -152,12 +164,31 @@ def notes(report: DiffReport, max_unmatched: int = 5) -> list[Text]:
     return out
 
 
-def render(report: DiffReport, limit: int = 30, show_all: bool = False) -> Group:
-    """Everything ``tensortap diff`` prints: table, notes, verdict."""
+def growth_table(report: DiffReport, n: int) -> Table:
+    """The ``n`` outputs whose error grows most (``report.top_growth``)."""
+    table = Table(title=f"where error grows most (top {n})", header_style="bold",
+                  caption="growth: worst token's error / max(carried in, own rounding allowance)",
+                  caption_style="dim")
+    for col, just in (("#", "right"), ("step", "right"), ("module", "left"), ("path", "left"),
+                      ("growth", "right"), ("token err", "right"), ("carried", "right"),
+                      ("from", "left"), ("status", "left")):
+        table.add_column(col, justify=just, overflow="fold", min_width=30 if col == "module" else None)
+    for e in report.top_growth[:n]:
+        table.add_row(str(e["row"]), str(e["step"]), Text(one_line(e["module"] or "<root>", 200)),
+                      Text(one_line(e["path"] or "-", 80)), fmt_num(e["growth"], 3),
+                      fmt_num(e["token_rel_l2"], 3), fmt_num(e["carried"], 3), e["carried_from"] or "-",
+                      Text(e["status"], style=STATUS_STYLE.get(e["status"], "")))
+    return table
+
+
+def render(report: DiffReport, limit: int = 30, show_all: bool = False, top: int = 0) -> Group:
+    """Everything ``tensortap diff`` prints: table, (top growth), notes, verdict."""
     picked = select_rows(report, limit=limit, show_all=show_all)
     rows, more = limit_rows(picked, limit)
     title = one_line(f"{report.run_a}  vs  {report.run_b}" + (f"  (floor {report.floor})" if report.floor else ""), 400)
     parts: list = [diff_table(report, rows, title=title, more=more)] if rows else []
+    if top > 0 and report.top_growth:
+        parts.append(growth_table(report, top))
     parts += notes(report)
     fd = report.first_divergence
     if fd is not None and fd.row is not None:
@@ -166,6 +197,15 @@ def render(report: DiffReport, limit: int = 30, show_all: bool = False) -> Group
             tok = f", token (request {r.worst_token[0]}, position {r.worst_token[1]})" if r.worst_token else ""
             parts.append(Text(f"worst element of the first divergence: index {r.worst_index}{tok}: "
                               f"A={fmt_num(r.worst_a, 6)} B={fmt_num(r.worst_b, 6)}", style="dim"))
+        if fd.token:
+            t = fd.token
+            text = f" {t['text']!r}" if t.get("text") is not None else ""
+            tid = f" (id {t['token_id']})" if t.get("token_id") is not None else ""
+            parts.append(Text(one_line(f"worst token of the first divergence: request {t['request']}, "
+                                       f"position {t['position']}{text}{tid}", 300), style="dim"))
+        parts.append(Text("names read module[call].role.path@step: call = how many times the module already "
+                          "ran in that step (0 first); path = where the tensor sits in its inputs/outputs",
+                          style="dim"))
     parts.append(verdict_text(report))
     return Group(*parts)
 

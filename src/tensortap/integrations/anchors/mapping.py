@@ -83,11 +83,11 @@ class AnchorMapping:
         anchors_b = set(b.set.anchors())
         missing = [x for x in a.set.anchors() if x not in anchors_b]
         if missing:
-            self.notes.append(f"not available in {b.engine}: {', '.join(missing[:12])}"
+            self.notes.append(f"{_absent(b)} in {b.engine}: {', '.join(missing[:12])}"
                               + (" …" if len(missing) > 12 else ""))
         extra = [x for x in b.set.anchors() if x not in set(a.set.anchors())]
         if extra:
-            self.notes.append(f"not available in {a.engine}: {', '.join(extra[:12])}")
+            self.notes.append(f"{_absent(a)} in {a.engine}: {', '.join(extra[:12])}")
         for side in (a, b):
             for why in side.set.unavailable.items():
                 self.notes.append(f"not available in {side.engine}: {why[0]} ({why[1]})")
@@ -144,7 +144,7 @@ class AnchorMapping:
         for (step, anchor), keys in sorted(self._plan.items(), key=lambda kv: (kv[0][0], anchor_order_key(kv[0][1]))):
             expr = a.set.points[(step, anchor)]
             yield self._item(a, anchor, step, expr, lambda e=expr, s=step, k=keys: self._load_a(e, s, k),
-                             len(keys), a.features(step, expr))
+                             len(keys), a.features(step, expr), keys)
 
     def _items_b(self) -> Iterator[Item]:
         b = self.sides["b"]
@@ -153,9 +153,10 @@ class AnchorMapping:
             first_step = where[keys[0]]
             expr = b.set.points[(first_step, anchor)]
             yield self._item(b, anchor, step, expr, lambda a_=anchor, k=keys: self._load_b(a_, k),
-                             len(keys), b.features(first_step, expr))
+                             len(keys), b.features(first_step, expr), keys)
 
-    def _item(self, side: _Side, anchor: str, step: int, expr: AnchorExpr, loader, n: int, feat: int) -> Item:
+    def _item(self, side: _Side, anchor: str, step: int, expr: AnchorExpr, loader, n: int, feat: int,
+              keys: list[TokenKey] | None = None) -> Item:
         last = max((side.index.get(step, t) for t in expr.terms if side.index.get(step, t) is not None),
                    key=lambda r: r.seq, default=None)
         first = side.index.get(step, expr.terms[0])
@@ -163,7 +164,8 @@ class AnchorMapping:
                      seq=last.seq if last else 0, kind="tensor", rank=0,
                      dtype=first.dtype if first else None, shape=(n, feat),
                      extra={"anchor": anchor, "engine": side.engine, "raw": expr.describe()})
-        return Item((0, step, anchor, 0, "output", ""), rec, loader=loader)
+        return Item((0, step, anchor, 0, "output", ""), rec, loader=loader,
+                    row_keys=tuple(keys) if keys is not None else None)
 
     def _load_a(self, expr: AnchorExpr, step: int, keys: list[TokenKey]) -> torch.Tensor:
         a = self.sides["a"]
@@ -191,6 +193,14 @@ class AnchorMapping:
                 out = torch.empty((len(keys), mat.shape[1]), dtype=mat.dtype)
             out[torch.tensor(idxs, dtype=torch.long)] = sel
         return out
+
+
+def _absent(side: "_Side") -> str:
+    """Why a side lacks anchors: its capture filtered them out, or its engine has none."""
+    cap = side.run.info.get("capture") if isinstance(side.run.info, dict) else None
+    filtered = isinstance(cap, dict) and (cap.get("modules") or cap.get("layers") is not None
+                                          or cap.get("roles") not in (None, ["inputs", "outputs"]))
+    return "not captured (the run's --modules/--layers/--roles filter)" if filtered else "not available"
 
 
 class _FloorSide:
