@@ -115,6 +115,19 @@ def replay_run(
             skipped[label] = f"replay raised {type(e).__name__}: {str(e)[:200]}"
             continue
         entries = []
+        # The inputs as model B received them (cast to its dtype): the diff then knows what
+        # each replayed module carried in, so its local error is judged on its own rounding.
+        for path, rec in calls[key].items():
+            value = inputs.get(path)
+            if rec.kind == "value" or not isinstance(value, torch.Tensor):
+                continue
+            fed = move_floating(value, device, dtype)
+            t = fed.detach().to("cpu").contiguous().clone()
+            entries.append(({"step": step, "module": name, "call": call, "role": "input", "path": path,
+                             "seq": seq, "kind": "tensor", "dtype": str(t.dtype).removeprefix("torch."),
+                             "shape": list(t.shape), "device": str(fed.device),
+                             "stats": tensor_stats(t).to_json(), "checksum": checksum(t)}, t))
+            seq += 1
         for path, value in flatten(output):
             if not isinstance(value, torch.Tensor):
                 continue
