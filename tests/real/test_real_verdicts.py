@@ -126,18 +126,28 @@ def test_one_percent_bug_in_vllm_is_named_at_its_anchor(runs, vllm_bug_run):
     assert fd.token is not None and fd.token["text"] is not None
 
 
-def test_bf16_bug_against_a_bf16_reference(runs, model_dir, tmp_path):
+def test_bf16_bug_against_a_bf16_reference_and_with_a_floor(runs, model_dir, tmp_path):
     """In bf16 a 1% change is found against a bf16 reference of the same engine (inputs
-    identical), but not against fp32, where bf16's own noise (~2e-2 carried) hides it:
-    the figures are in docs/diff.md."""
+    identical), but not against fp32, where bf16's own noise (~2e-2 carried) hides it; with
+    the bf16 reference as --floor a 10% change is found against fp32 (docs/diff.md)."""
     model, tok = load_model(model_dir, "bfloat16")
     param = dict(model.named_parameters())["model.layers.14.mlp.up_proj.weight"]
-    with torch.no_grad():
-        param.mul_(1.01)
-    cfg = build_config(None, out=str(tmp_path / "bug16"), steps=[0], overwrite=True)
-    bug = capture_generate(model_dir, cfg, PROMPT_SETS["capital"][0], 1, model=model, tokenizer=tok)["run"]
-    rep = tt.diff(runs[("hf-bf16", "capital")], bug)
+    orig = param.detach().clone()
+    found = {}
+    for factor in (1.01, 1.10):
+        with torch.no_grad():
+            param.copy_(orig * factor)
+        cfg = build_config(None, out=str(tmp_path / f"bug16-{factor}"), steps=[0], overwrite=True)
+        found[factor] = capture_generate(model_dir, cfg, PROMPT_SETS["capital"][0], 1, model=model,
+                                         tokenizer=tok)["run"]
+    bf16_ref, fp32_ref = runs[("hf-bf16", "capital")], runs[("hf", "capital")]
+    rep = tt.diff(bf16_ref, found[1.01])
     fd = rep.first_divergence
     assert fd is not None and (fd.module, fd.origin) == ("model.layers.14.mlp.up_proj", "introduced"), \
         rep.summary_line
-    assert tt.diff(runs[("hf", "capital")], bug).verdict == "agree"
+    assert tt.diff(fp32_ref, found[1.01]).verdict == "agree"
+    assert tt.diff(fp32_ref, found[1.01], floor=bf16_ref).verdict == "agree"
+    floored = tt.diff(fp32_ref, found[1.10], floor=bf16_ref)
+    fd = floored.first_divergence
+    assert fd is not None and (fd.module, fd.origin) == ("model.layers.14.mlp.up_proj", "introduced"), \
+        floored.summary_line
