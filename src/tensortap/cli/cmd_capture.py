@@ -74,6 +74,8 @@ def run(args) -> int:
         console.print(f"[bold]prompt {i}[/bold] → {text!r}", highlight=False)
     console.print(f"captured {len(run_)} records over {len(run_.steps())} step(s) into "
                   f"[bold]{run_.path}[/bold] ({run_.status})", highlight=False)
-    for w in run_.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    if run_.warnings:
+        # The capture session printed each warning on stderr as it finished.
+        console.print(f"[yellow]{len(run_.warnings)} warning(s)[/yellow] (printed above; also in run.json)",
+                      highlight=False)
     return 0 if run_.status == "complete" else 2

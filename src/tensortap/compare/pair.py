@@ -251,7 +251,8 @@ def _measure(ia: Item, ib: Item, ic: Item | None, tol: Tolerance, is_logits: boo
         m = out.metrics = pair_metrics(al.a, al.b, tol.atol, tol.rtol, logits=is_logits,
                                        maybe_equal=_maybe_equal(ia, ib, al))
         if m.err > 0:
-            out.rows = row_errors(al, list(ia.row_keys) if ia.loader and ia.row_keys else None)
+            out.rows = row_errors(al, list(ia.row_keys) if ia.loader and ia.row_keys else None,
+                                  finite=_finite_data(ia, ib))
         if m.worst_flat is not None and m.max_abs > 0:
             idx, token = al.locate(m.worst_flat)
             out.worst_index = idx
@@ -259,6 +260,13 @@ def _measure(ia: Item, ib: Item, ic: Item | None, tol: Tolerance, is_logits: boo
         return out
     finally:
         ld.release(a, b, c)
+
+
+def _finite_data(ia: Item, ib: Item) -> bool:
+    """Whether both records' stored statistics show no NaN/Inf (adapter-built items: unknown)."""
+    sa, sb = ia.record.stats, ib.record.stats
+    return (not ia.loader and not ib.loader and sa is not None and sb is not None
+            and not (sa.nan or sa.inf or sb.nan or sb.inf))
 
 
 def _maybe_equal(ia: Item, ib: Item, al: Aligned) -> bool:

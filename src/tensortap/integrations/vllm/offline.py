@@ -41,6 +41,9 @@ def _engine_core_in_process() -> Iterator[None]:
 
 def load_llm(model_dir: str | Path, dtype: str | None = None, **llm_kwargs: Any) -> Any:
     """A ``vllm.LLM`` ready for capture: eager, no prefix caching, seeded, local files only."""
+    # vLLM logs to stdout by default, mixing its INFO lines into what the caller prints;
+    # send them to stderr unless the user chose (vLLM reads this when it is imported).
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         from vllm import LLM
     except ImportError as e:
