@@ -8,7 +8,7 @@ from torch._decomp import register_decomposition
 from torch._inductor.decomposition import decompositions
 from torch.library import custom_op
 
-from tensortap.compare.bisect import bisect_compile
+from tensortap.localize.bisect import bisect_compile
 
 
 @custom_op("tensortap_test::scaled_gelu", mutates_args=())

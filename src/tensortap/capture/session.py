@@ -22,7 +22,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from tensortap import __version__, kernels
+from tensortap import kernels
+from tensortap.version import __version__
 from tensortap.capture.config import CaptureConfig
 from tensortap.capture.flatten import flatten, flatten_inputs
 from tensortap.capture.pipeline import WriterPipeline

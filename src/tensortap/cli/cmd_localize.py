@@ -27,7 +27,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from tensortap.compare.localize import localize
+    from tensortap.localize.api import localize
     from tensortap.integrations.hf import load_model
     from tensortap.store.reader import Run
 

@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 
-from tensortap import __version__
+from tensortap.version import __version__
 from tensortap.cli.common import EXIT_USAGE, HelpFormatter
 from tensortap.errors import TensortapError, one_line
 

@@ -6,7 +6,7 @@ eagerly), ``aot_eager_decomp_partition`` (plus Inductor's decompositions and
 partitioning), ``inductor`` (generated kernels). A bug that first shows at a stage was
 introduced by what that stage adds.
 
-This module only produces runs; tensortap.compare.bisect judges them.
+This module only produces runs; tensortap.localize.bisect judges them (with diff).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from tensortap import __version__
+from tensortap.version import __version__
 from tensortap.capture.flatten import flatten
 from tensortap.capture.session import model_description, prepare_out_dir
 from tensortap.localize.rebuild import NotReplayable, move_floating, rebuild_call, recreate_value

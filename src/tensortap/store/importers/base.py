@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import torch
 from safetensors import safe_open
 
-from tensortap import __version__
+from tensortap.version import __version__
 from tensortap.errors import CorruptRecordError, RunFormatError, TensortapError, one_line
 from tensortap.store import format as fmt
 from tensortap.store.reader import Run

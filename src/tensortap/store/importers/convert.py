@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tensortap import __version__
+from tensortap.version import __version__
 from tensortap.errors import RunFormatError, TensortapError
 from tensortap.store import format as fmt
 from tensortap.store.jsonio import atomic_write_json

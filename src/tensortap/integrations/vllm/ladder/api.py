@@ -40,7 +40,7 @@ def gpu_available() -> bool:
 
 def capture_tag() -> str:
     """Keys tap-instrumented graphs apart in vLLM's compile cache (see child.py)."""
-    from tensortap import __version__
+    from tensortap.version import __version__
 
     text = json.dumps({"v": __version__, "modules": ANCHOR_MODULES, "taps": 1})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
