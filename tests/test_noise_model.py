@@ -130,3 +130,22 @@ def test_top_growth_ranks_the_module_that_adds_error_first(tmp_path):
     assert len(rep.top_growth) <= 3
     doc = rep.to_dict()
     assert doc["top_growth"][0]["module"] == "tap" and doc["top_growth"][0]["growth"] > 100
+
+
+def _run_stats(tmp_path, name: str, tap: Tap) -> str:
+    model = Net(tap).eval()
+    out = tmp_path / name
+    with tt.capture(model, out, mode="stats"), torch.no_grad():
+        model(_massive_input())
+    return str(out)
+
+
+def test_statistics_only_runs_find_a_planted_change(tmp_path):
+    """Estimates are whole-tensor figures (no per-token rows): a planted change is still the
+    first divergence, found from the sketches, and a clean stats-mode rerun agrees."""
+    a = _run(tmp_path, "a", Tap())
+    bug = _run_stats(tmp_path, "bug", Tap(rows=[3], scale=1.5))
+    rep = tt.diff(a, bug)
+    fd = rep.first_divergence
+    assert fd is not None and fd.module == "tap" and fd.estimated and fd.origin == "introduced"
+    assert tt.diff(a, _run_stats(tmp_path, "clean", Tap())).verdict == "agree"

@@ -181,6 +181,13 @@ def _judge_row(r: DiffRow, st: _State, inputs: dict, by_key: dict, feeds: Feeds 
         carried = st.upstream[(r.rank, r.step)]
         r.carried_from = "upstream" if (r.rank, r.step) in st.seen_step else "none"
         reduction = _width(r)
+    if r.kind == "estimate" or any(s.kind == "estimate" for s in float_src):
+        # Estimates cover whole tensors, whose error a massive-activation token owns: an
+        # estimated input can look far cleaner than the rows a norm re-weights. Without
+        # per-token figures, everything upstream in the step is what the row may carry.
+        up = st.upstream[(r.rank, r.step)]
+        if up > carried:
+            carried, r.carried_from = up, "upstream (estimates)"
     earlier = st.earlier.get((r.rank, r.module, r.call, r.role, r.path), 0.0)
     if earlier > carried:
         carried, r.carried_from = earlier, "earlier steps"

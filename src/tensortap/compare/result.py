@@ -97,7 +97,7 @@ class DiffRow:
     """The worst-token error this row's sources already carry (compare.noise)."""
     carried_from: str | None = None
     """Where ``carried`` was read: ``inputs``, ``children`` (a container's nested modules),
-    ``feeds`` (anchors), ``upstream`` (rows
+    ``feeds`` (anchors), ``upstream`` / ``upstream (estimates)`` (rows
     earlier in the step, when inputs were not captured), ``earlier steps``, ``none``."""
     own_noise: float | None = None
     """The rounding error the noise model allows this row's own arithmetic."""
