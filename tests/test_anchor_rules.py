@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tensortap.compare.anchors import AnchorExpr, Ref, anchor_feeds, anchor_order_key, row_keys_for_shape
+from tensortap.compare.anchors import row_keys_for_shape
+from tensortap.integrations.anchors.vocab import AnchorExpr, Ref, anchor_feeds, anchor_order_key
 from tensortap.integrations.anchors.vllm import shard_layout
 
 CFG = {"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 16, "hidden_size": 128,

@@ -22,15 +22,8 @@ SIDE = ("errors", "htmlpage", "kernels", "version", "lazy")
 """Beside the layers, used by several of them, importing none of them."""
 
 KNOWN = {
-    # DiffReport.to_html(): the documented convenience renders through report.
+    # DiffReport.to_html() / __rich__: the documented conveniences render through report.
     ("compare/result.py", "report"),
-    # The anchor vocabulary and Item live in compare; the engine-adapter contract
-    # (issue #18) moves what adapters need below them.
-    ("integrations/anchors/__init__.py", "compare"),
-    ("integrations/anchors/common.py", "compare"),
-    ("integrations/anchors/hf.py", "compare"),
-    ("integrations/anchors/mapping.py", "compare"),
-    ("integrations/anchors/vllm.py", "compare"),
     # The ladder's engine-neutral comparison still lives under integrations/vllm.
     ("integrations/vllm/ladder/compare.py", "compare"),
 }

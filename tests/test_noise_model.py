@@ -149,3 +149,15 @@ def test_statistics_only_runs_find_a_planted_change(tmp_path):
     fd = rep.first_divergence
     assert fd is not None and fd.module == "tap" and fd.estimated and fd.origin == "introduced"
     assert tt.diff(a, _run_stats(tmp_path, "clean", Tap())).verdict == "agree"
+
+
+def test_report_displays_in_rich_and_notebooks(tmp_path):
+    from rich.console import Console
+
+    rep = tt.diff(_run(tmp_path, "a", Tap()), _run(tmp_path, "b", Tap(rows=[3], scale=1.01)))
+    console = Console(record=True, width=200)
+    console.print(rep)
+    text = console.export_text()
+    assert "DIVERGED at tap[0].output@0" in text and "introduced" in text
+    html = rep._repr_html_()
+    assert html.startswith("<!doctype html") or "<html" in html[:200]

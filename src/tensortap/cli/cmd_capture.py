@@ -8,6 +8,7 @@ from tensortap.capture.config import build_config
 from tensortap.capture.session import check_out_dir
 from tensortap.cli.common import add_command, console, parse_steps
 from tensortap.errors import TensortapError
+from tensortap.integrations.registry import ENGINES, capture_engines, capture_function, engine
 
 
 def register(sub) -> None:
@@ -18,7 +19,8 @@ def register(sub) -> None:
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a local HF-format model folder")
     p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--engine", choices=capture_engines(), default="hf",
+                   help="; ".join(f"{n}: {ENGINES[n].summary}" for n in capture_engines()))
     p.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
                    help="a prompt (repeat for a batch); default: two built-in prompts")
     p.add_argument("--max-new-tokens", type=int, default=3)
@@ -52,19 +54,16 @@ def run(args) -> int:
     )
     # Fail before loading the model (which can take minutes) if --out is unusable.
     check_out_dir(Path(cfg.out), cfg.overwrite)
+    adapter = engine(args.engine)
     extra = {}
-    if args.engine == "hf":
-        from tensortap.integrations.hf import capture_generate
-
-        if args.tensor_parallel_size != 1:
-            raise TensortapError("--tensor-parallel-size needs --engine vllm")
-    else:
-        from tensortap.integrations.vllm.offline import capture_generate
-
-        if args.tensor_parallel_size < 1:
-            raise TensortapError("--tensor-parallel-size must be >= 1")
-        if args.tensor_parallel_size > 1:
-            extra["llm_kwargs"] = {"tensor_parallel_size": args.tensor_parallel_size}
+    if args.tensor_parallel_size < 1:
+        raise TensortapError("--tensor-parallel-size must be >= 1")
+    if args.tensor_parallel_size != 1:
+        if "tensor_parallel_size" not in adapter.capture_options:
+            able = [n for n, e in ENGINES.items() if "tensor_parallel_size" in e.capture_options]
+            raise TensortapError(f"--tensor-parallel-size needs --engine {' or '.join(able) or '(none)'}")
+        extra["tensor_parallel_size"] = args.tensor_parallel_size
+    capture_generate = capture_function(args.engine)
     result = capture_generate(args.model_dir, cfg, prompts=args.prompts,
                               max_new_tokens=args.max_new_tokens, dtype=args.dtype, **extra)
     from tensortap.api import open as open_run

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tensortap.compare.mapping import engine_name
+from tensortap.integrations.registry import engine_name
 from tensortap.errors import TensortapError, one_line
 from tensortap.store.reader import Run
 

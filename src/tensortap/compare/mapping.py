@@ -6,11 +6,10 @@ Two runs are paired on a canonical key ``(rank, step, module, call, role, path)`
 - ``none``: the raw record key (identity);
 - rename rules (``--map FILE`` or a dict/list): regex -> replacement on module names
   (and optionally paths), per side;
-- ``auto``: identity when both runs come from the same engine (``run.json``
-  ``engine.name``); for runs of different engines, an *auto adapter* registered with
-  :func:`register_auto_adapter` (engine adapters that map raw records to anchors such
-  as ``layers.3.resid_post`` live in tensortap.integrations and register themselves;
-  compare never imports them).
+- ``auto``: identity when both runs come from engines that share module names
+  (``run.json`` ``engine.name``; the engine registry, tensortap.integrations.registry,
+  says which do); for runs of two engines with anchor adapters, anchor items such as
+  ``layers.3.resid_post`` lined up token by token (compare/anchor_mapping.py).
 
 An adapter may build items that are not one raw record (a sum of two records, a slice
 of a fused projection): such an item sets ``loader`` and describes its metadata itself.
@@ -38,6 +37,7 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 
 from tensortap.errors import ConfigError, TensortapError
+from tensortap.integrations.registry import engine_name, has_anchors, same_names
 from tensortap.store.reader import Run
 from tensortap.store.record import Record
 
@@ -158,25 +158,9 @@ class RenameMapping:
             yield Item((rec.rank, rec.step, names[0], rec.call, rec.role, names[1]), rec)
 
 
-# -- auto adapters ------------------------------------------------------------------
-AutoAdapter = Callable[[Run, Run], Mapping]
-SAME_NAMES = frozenset({"hf", "torch"})
-"""Engine names whose runs use the same module names (raw pairing is right)."""
-_AUTO_ADAPTERS: dict[frozenset[str], AutoAdapter] = {}
-
-
-def register_auto_adapter(engine_a: str, engine_b: str, factory: AutoAdapter) -> None:
-    """Let ``--map auto`` compare runs of two engines: ``factory(run_a, run_b)`` returns a
-    Mapping whose ``items(run, side)`` yields anchor items for either run."""
-    _AUTO_ADAPTERS[frozenset((engine_a, engine_b))] = factory
-
-
-def engine_name(run: Run) -> str:
-    eng = run.info.get("engine")
-    # A run imported from another tool's dump names the tool in "name" and the engine whose
-    # module names it holds in "family" (docs/importers.md); pairing goes by the engine.
-    name = (eng.get("family") or eng.get("name")) if isinstance(eng, dict) else None
-    return str(name) if isinstance(name, str) and name else "torch"
+# -- auto -------------------------------------------------------------------------------
+# Which engine a run comes from, and whether two engines share names or anchors, is the
+# engine registry's knowledge (tensortap.integrations.registry).
 
 
 # -- loading rule files ---------------------------------------------------------------
@@ -263,21 +247,15 @@ def resolve_mapping(spec: Any, run_a: Run, run_b: Run) -> Mapping:
     """``auto`` | ``none`` | a rules file path | rules as dict/list | a Mapping object."""
     if spec is None or spec == "auto":
         ea, eb = engine_name(run_a), engine_name(run_b)
-        # A plain tt.capture of a transformers model says "torch"; its names are HF's.
-        if ea == eb or {ea, eb} <= SAME_NAMES:
+        if same_names(ea, eb):
             return IdentityMapping()
-        if not _AUTO_ADAPTERS:
-            # Engine anchor adapters live in a lower layer (they import no engine) and
-            # register themselves on first use.
-            from tensortap.integrations.anchors.mapping import register
+        if has_anchors(ea) and has_anchors(eb):
+            from tensortap.compare.anchor_mapping import AnchorMapping  # imports this module
 
-            register()
-        factory = _AUTO_ADAPTERS.get(frozenset((ea, eb)))
-        if factory is None:
-            raise TensortapError(
-                f"runs come from different engines ({ea} vs {eb}) and no automatic mapping between "
-                f"them is available; pass --map FILE with rename rules, or --map none to pair raw names")
-        return factory(run_a, run_b)
+            return AnchorMapping(run_a, run_b)
+        raise TensortapError(
+            f"runs come from different engines ({ea} vs {eb}) and no automatic mapping between "
+            f"them is available; pass --map FILE with rename rules, or --map none to pair raw names")
     if spec == "none":
         return IdentityMapping()
     if isinstance(spec, (dict, list)):

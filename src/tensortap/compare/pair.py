@@ -15,19 +15,19 @@ from tensortap.compare.result import DiffRow
 from tensortap.compare.rows import RowErrors, row_errors
 from tensortap.compare.tolerance import Tolerance, TolerancePolicy, coarser_dtype, dtype_category, floor_bound
 from tensortap.errors import RunFormatError, one_line
+from tensortap.integrations.registry import logits_module_pattern
 from tensortap.store.reader import Run
 from tensortap.store.sketch import sketch
 
-# Outputs of these modules (or a return field named ``logits``) are treated as logits:
-# they get top-1 agreement and KL on top of the tensor metrics.
-LOGITS_MODULE = re.compile(r"(^|\.)(lm_head|logits|logits_processor|output_layer|embed_out)$")
+# Outputs of the engines' logits modules (integrations/registry.py), or a return field
+# named ``logits``, are treated as logits: top-1 agreement and KL on top of the metrics.
 LOGITS_PATH = re.compile(r"(^|\.)logits$")
 
 
 def is_logits(module: str, role: str, path: str, shape: tuple[int, ...] | None) -> bool:
     if role != "output" or not shape or len(shape) < 2 or shape[-1] < 2:
         return False
-    return bool(LOGITS_MODULE.search(module) or LOGITS_PATH.search(path))
+    return bool(logits_module_pattern().search(module) or LOGITS_PATH.search(path))
 
 
 @dataclass

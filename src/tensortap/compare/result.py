@@ -216,6 +216,18 @@ class DiffReport:
 
         return write_html(self.to_dict(), path)
 
+    def __rich__(self):
+        """``rich.print(report)``: the table, notes and verdict ``tensortap diff`` prints."""
+        from tensortap.report.diff_table import render
+
+        return render(self)
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the self-contained HTML report, inline."""
+        from tensortap.report.diff_html import render_html
+
+        return render_html(self.to_dict())
+
     def to_dataframe(self):
         """The rows as a pandas DataFrame (needs pandas)."""
         try:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tensortap.compare.anchors import Ref, RecordIndex
+from tensortap.integrations.anchors.vocab import Ref, RecordIndex
 from tensortap.store.reader import Run
 
 _LAYER = re.compile(r"^(?P<base>.*?)\.?layers\.(?P<idx>\d+)$")

@@ -7,7 +7,7 @@ not from a per-model list.
 
 from __future__ import annotations
 
-from tensortap.compare.anchors import AnchorExpr, AnchorSet, RecordIndex, Ref
+from tensortap.integrations.anchors.vocab import AnchorExpr, AnchorSet, RecordIndex, Ref
 from tensortap.integrations.anchors.common import decoder_layers, first_ref, model_base, steps_of
 from tensortap.store.reader import Run
 

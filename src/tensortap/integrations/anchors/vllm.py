@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tensortap.compare.anchors import AnchorExpr, AnchorSet, RecordIndex, Ref
+from tensortap.integrations.anchors.vocab import AnchorExpr, AnchorSet, RecordIndex, Ref
 from tensortap.integrations.anchors.common import (
     decoder_layers, first_ref, model_base, model_config, steps_of,
 )

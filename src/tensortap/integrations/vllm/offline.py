@@ -66,6 +66,7 @@ def capture_generate(
     dtype: str | None = None,
     llm: Any = None,
     llm_kwargs: dict[str, Any] | None = None,
+    tensor_parallel_size: int | None = None,
 ) -> dict[str, Any]:
     """Run greedy generation of ``prompts`` in vLLM under capture.
 
@@ -73,7 +74,10 @@ def capture_generate(
     prompt (new tokens only) and the run directory. Pass ``llm`` to reuse an engine, or
     ``llm_kwargs`` (e.g. ``{"tensor_parallel_size": 2, "max_model_len": 512}``) to shape
     the one built here; an engine built here is shut down before returning.
+    ``tensor_parallel_size`` is a shorthand for that key of ``llm_kwargs``.
     """
+    if tensor_parallel_size is not None:
+        llm_kwargs = {**(llm_kwargs or {}), "tensor_parallel_size": tensor_parallel_size}
     from vllm import SamplingParams
 
     prompts = list(prompts or DEFAULT_PROMPTS)

@@ -149,7 +149,7 @@ def compare_anchors(ref_capture: dict[str, Any] | None, capture: dict[str, Any] 
     if problem is not None:
         return AnchorLevel(False, reason=problem)
     from tensortap.compare.api import diff
-    from tensortap.integrations.anchors.mapping import AnchorMapping
+    from tensortap.compare.anchor_mapping import AnchorMapping
     from tensortap.store.reader import Run
 
     run_a, run_b = Run(ref_capture["run"]), Run(capture["run"])

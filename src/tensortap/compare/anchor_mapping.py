@@ -15,12 +15,10 @@ from typing import Iterator
 
 import torch
 
-from tensortap.compare.anchors import (
-    AnchorExpr, AnchorSet, RecordIndex, TokenKey, anchor_feeds, anchor_order_key, check_identities,
-    evaluate, row_keys_for_shape,
-)
+from tensortap.compare.anchors import TokenKey, check_identities, evaluate, row_keys_for_shape
 from tensortap.compare.mapping import Item
-from tensortap.integrations.anchors import build_anchor_set, engine_name
+from tensortap.integrations.anchors.vocab import AnchorExpr, AnchorSet, RecordIndex, anchor_feeds, anchor_order_key
+from tensortap.integrations.registry import build_anchor_set, engine_name
 from tensortap.store.reader import Run
 from tensortap.store.record import Record
 
@@ -228,10 +226,3 @@ class _FloorSide:
                 return mat.index_select(0, torch.tensor([pos[kk] for kk in k], dtype=torch.long))
 
             yield m._item(self.side, anchor, step, expr, load, len(keys), self.side.features(step, expr))
-
-
-def register() -> None:
-    from tensortap.compare.mapping import register_auto_adapter
-
-    register_auto_adapter("hf", "vllm", AnchorMapping)
-    register_auto_adapter("torch", "vllm", AnchorMapping)
