@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from tensortap.capture.config import CaptureConfig
+from tensortap.errors import ConfigError
 
 _LAYER_RE = re.compile(r"(?:^|\.)layers?\.(\d+)(?:\.|$)")
 
@@ -52,3 +53,47 @@ def plan_modules(model: nn.Module, config: CaptureConfig) -> list[PlannedModule]
         calls = None if any(f.call is None for f in hits) else frozenset(f.call for f in hits)
         planned.append(PlannedModule(name, module, calls))
     return planned
+
+
+def check_plan(model: nn.Module, config: CaptureConfig, planned: list[PlannedModule]) -> list[str]:
+    """Filters that select nothing are a mistake, not an empty run.
+
+    Raises ConfigError when ``modules``/``layers`` select no module at all, or when none of
+    the requested layers exists (naming what does); returns warnings for the filters
+    that matched nothing while others did (an error with ``strict``).
+    """
+    names = [n for n, m in model.named_modules() if is_callable_module(m)]
+    found_layers = sorted({i for i in map(layer_index, names) if i is not None})
+    problems: list[str] = []
+    if config.layers is not None:
+        missing = sorted(set(config.layers) - set(found_layers))
+        if missing and len(missing) == len(set(config.layers)):
+            have = f"layers {found_layers[0]}-{found_layers[-1]}" if found_layers else "no numbered layers"
+            raise ConfigError(f"layers {missing} do not exist: the model has {have}")
+        if missing:
+            problems.append(f"layers {missing} do not exist (the model has {len(found_layers)} layers)")
+    filters = config.module_filters()
+    if filters:
+        unmatched = [f for f in filters if not any(f.matches(n) for n in names)]
+        if len(unmatched) == len(filters) or not planned:
+            shown = ", ".join(repr(f.pattern) for f in unmatched or filters)
+            raise ConfigError(f"modules {shown} match no module of the model; its modules are named like "
+                              f"{_examples(names, [f.pattern for f in filters])}")
+        for f in unmatched:
+            problems.append(f"module filter {f.pattern!r} matches no module of the model")
+    if not planned:
+        raise ConfigError("the filters (modules, layers) leave no module to capture")
+    if problems and config.strict:
+        raise ConfigError("strict capture: " + "; ".join(problems))
+    return problems
+
+
+def _examples(names: list[str], patterns: list[str], n: int = 6) -> str:
+    """A few module names, the ones closest to what was asked first."""
+    import difflib
+
+    close: list[str] = []
+    for p in patterns:
+        close += difflib.get_close_matches(p, names, n=3, cutoff=0.3)
+    picked = list(dict.fromkeys(close + [x for x in names if x][:n]))[:n]
+    return ", ".join(repr(x) for x in picked) + (" …" if len(names) > n else "")

@@ -27,9 +27,10 @@ from tensortap.version import __version__
 from tensortap.capture.config import CaptureConfig
 from tensortap.capture.flatten import flatten, flatten_inputs
 from tensortap.capture.pipeline import WriterPipeline
-from tensortap.capture.plan import PlannedModule, plan_modules
+from tensortap.capture.plan import PlannedModule, check_plan, plan_modules
 from tensortap.errors import ConfigError, TensortapError
 from tensortap.store import format as fmt
+from tensortap.store import runlock
 from tensortap.store.jsonio import atomic_write_json, release_space, reserve_space
 from tensortap.store.writer import RankWriter
 
@@ -46,21 +47,42 @@ def check_out_dir(out: Path, overwrite: bool) -> bool:
     be replaced. Touches nothing, so callers can check before loading a large model."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != runlock.LOCK_NAME for p in out.iterdir()):
         if not overwrite:
+            pid = runlock.writer_alive(out)
+            if pid is not None:
+                raise ConfigError(f"{out}: a capture by process {pid} is writing this run; a run has "
+                                  "one writer: wait for it to finish, or choose another output directory")
             raise ConfigError(f"output directory {out} exists and is not empty; "
                               "choose another path or pass --overwrite (overwrite=True)")
         if not (out / fmt.RUN_JSON).exists():
             raise ConfigError(f"refusing to overwrite {out}: it is not a tensortap run (no run.json)")
+        runlock.refuse_if_written(out)
         return True
     return False
 
 
-def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """Create the run folder; refuse to mix runs or delete anything that is not a run."""
+def prepare_out_dir(out: Path, overwrite: bool) -> runlock.RunLock:
+    """Create the run folder and take its writer lock (store/runlock.py), which the caller
+    holds for as long as it writes; refuse to mix runs, to replace a run that a live
+    process is writing, or to delete anything that is not a run."""
     if check_out_dir(out, overwrite):
-        shutil.rmtree(out)
+        # Move the old run aside first (atomic), so nobody finds a half-deleted run here.
+        trash = out.with_name(f".{out.name}.replaced-{os.getpid()}-{time.time_ns()}")
+        os.rename(out, trash)
+        shutil.rmtree(trash, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    lock = runlock.acquire(out)
+    # Two writers that both found the folder empty: the lock picks one; the other sees
+    # the winner's files (or the winner's lock) and stops here.
+    if any(p.name != runlock.LOCK_NAME for p in out.iterdir()):
+        lock.release()
+        raise ConfigError(f"{out}: another capture started writing here at the same time; "
+                          "a run has one writer: choose another output directory")
+    if lock.stale_pid:
+        print(f"tensortap: note: {out}: the previous writer (process {lock.stale_pid}) is gone; "
+              "its lock was stale", file=sys.stderr)
+    return lock
 
 
 def model_description(model: nn.Module) -> dict[str, Any]:
@@ -105,6 +127,7 @@ class CaptureSession:
         self.write_run_json = write_run_json
         self.engine = dict(engine or {})
         self.prepare_dir = prepare_dir
+        self._run_lock: runlock.RunLock | None = None
         self.planned: list[PlannedModule] = []
         self.fired: dict[str, int] = {}
         self.warnings: list[str] = []
@@ -142,9 +165,26 @@ class CaptureSession:
     def path(self) -> Path:
         return self.out
 
+    def _release_lock(self) -> None:
+        if self._run_lock is not None:
+            self._run_lock.release()
+            self._run_lock = None
+
     def start(self) -> "CaptureSession":
+        try:
+            return self._start()
+        except BaseException:
+            # A session that failed to start must not keep the run locked (a retry in this
+            # process would find it busy).
+            self._release_lock()
+            raise
+
+    def _start(self) -> "CaptureSession":
+        # Filters that select nothing are refused before anything is written.
+        planned = plan_modules(self.model, self.config)
+        plan_warnings = check_plan(self.model, self.config, planned)
         if self.prepare_dir:
-            prepare_out_dir(self.out, self.config.overwrite)
+            self._run_lock = prepare_out_dir(self.out, self.config.overwrite)
         else:
             self.out.mkdir(parents=True, exist_ok=True)
         # Now, not in the writer thread during the first step: loading numba takes ~0.5 s
@@ -165,7 +205,8 @@ class CaptureSession:
         writer.write_status({"status": "incomplete", "reason": "capture in progress", "pid": os.getpid()})
         # On a full disk the closing status.json/run.json must still fit: keep room for them.
         self._reserve = reserve_space(writer.dir)
-        self.planned = plan_modules(self.model, self.config)
+        self.planned = planned
+        self.warnings += plan_warnings
         self._install_hooks()
         self.active = True
         self._atexit = self._at_exit
@@ -193,6 +234,10 @@ class CaptureSession:
             self.warnings.append(
                 f"{len(never)} planned module(s) never fired (compiled region, CUDA graph, "
                 f"forward() called directly, or not used): {shown}")
+        never_ran = sorted(s for s in (self.config.steps or []) if s > self._step)
+        if never_ran:
+            ran = f"steps 0-{self._step}" if self._step >= 0 else "no step"
+            self.warnings.append(f"planned step(s) {never_ran} never ran (the model ran {ran})")
         if pipeline.dropped:
             self.warnings.append(f"dropped {pipeline.dropped} record(s) "
                                  f"({pipeline.dropped_bytes} bytes): writer fell behind (on_full=drop)")
@@ -215,6 +260,7 @@ class CaptureSession:
                 self._write_run_json(status, self.error, summary)
         except OSError as e:
             self.error = self.error or f"could not finalize run: {e}"
+        self._release_lock()
         for w in self.warnings:
             print(f"tensortap: warning: {w}", file=sys.stderr)
         if self.error:
@@ -222,6 +268,8 @@ class CaptureSession:
         if self.config.strict and never:
             raise TensortapError(f"strict capture: {len(never)} planned module(s) never fired: "
                                  + ", ".join(never[:10]))
+        if self.config.strict and never_ran:
+            raise TensortapError(f"strict capture: planned step(s) {never_ran} never ran")
 
     def set_next_step(self, step: int) -> None:
         """Number the next root forward ``step`` (replays that skip steps keep the

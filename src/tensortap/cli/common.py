@@ -49,6 +49,9 @@ def parse_steps(text: str | None) -> list[int] | None:
             part = part.strip()
             if "-" in part:
                 a, b = part.split("-", 1)
+                if int(b) < int(a):
+                    raise TensortapError(f"invalid step list {text!r}: range {part!r} is reversed "
+                                         f"(write {b.strip()}-{a.strip()})")
                 steps.extend(range(int(a), int(b) + 1))
             elif part:
                 steps.append(int(part))

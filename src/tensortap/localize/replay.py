@@ -61,7 +61,15 @@ def replay_run(
     ``run.info["replay"]["skipped"]`` maps ``"module@step:call"`` to why it was not replayed.
     """
     out = Path(out)
-    prepare_out_dir(out, overwrite)
+    lock = prepare_out_dir(out, overwrite)
+    try:
+        return _replay(model, reference, out, modules, progress)
+    finally:
+        lock.release()
+
+
+def _replay(model: nn.Module, reference: Run, out: Path, modules: Callable[[str], bool] | None,
+            progress: Callable[[int, int], None] | None) -> Run:
     named = dict(model.named_modules())
     calls: dict[tuple[int, str, int], dict[str, Any]] = defaultdict(dict)
     has_output: set[tuple[int, str, int]] = set()

@@ -40,6 +40,7 @@ class VllmCapture:
         self.ranks: list[dict[str, Any]] = []
         self.summary: list[dict[str, Any]] = []
         self._attached = False
+        self._run_lock: Any = None  # the run's writer lock, held by this (driver) process
 
     # -- rpc ----------------------------------------------------------------------------
     def _rpc(self, fn: Any, *args: Any) -> list[Any]:
@@ -52,7 +53,19 @@ class VllmCapture:
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> "VllmCapture":
-        prepare_out_dir(self.path, self.config.overwrite)
+        self._run_lock = prepare_out_dir(self.path, self.config.overwrite)
+        try:
+            return self._start()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        if self._run_lock is not None:
+            self._run_lock.release()
+            self._run_lock = None
+
+    def _start(self) -> "VllmCapture":
         config = self.config.model_dump(mode="json", exclude={"overwrite"})
         config["out"] = str(self.path)
         # Requests of this LLM are numbered by its counter; rows are mapped to prompt
@@ -86,7 +99,10 @@ class VllmCapture:
         if not self._attached:
             return self.summary
         self._attached = False
-        answers = self._rpc(worker_rpc.rpc_detach, error)
+        try:
+            answers = self._rpc(worker_rpc.rpc_detach, error)
+        finally:
+            self._release_lock()
         self.summary = sorted((a for a in answers if isinstance(a, dict)), key=lambda a: a["rank"])
         strict = [a["error"] for a in self.summary if a.get("error")]
         if strict:

@@ -30,6 +30,7 @@ _ENV_VARS = ("TENSORTAP_CONFIG", "TENSORTAP_DIR")
 
 _config: Any = None  # the CaptureConfig of this process once active
 _prepared: set[Path] = set()
+_locks: list[Any] = []
 _originals: list[tuple[type, str, Any]] = []
 
 
@@ -120,7 +121,9 @@ def _prepare_run_dir() -> None:
 
     out = Path(_config.out).resolve()
     if out not in _prepared:
-        prepare_out_dir(out, _config.overwrite)
+        # The writer lock stays held by this (API) process until it exits: the server's
+        # workers write the ranks, and no second capture may start in this run meanwhile.
+        _locks.append(prepare_out_dir(out, _config.overwrite))
         _prepared.add(out)
         _say(f"capturing into {out}")
 

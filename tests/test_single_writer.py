@@ -1,0 +1,152 @@
+"""A run has exactly one writer (store/runlock.py): real processes, many trials."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import tensortap as tt
+from tensortap.errors import ConfigError
+from tensortap.store import runlock
+from tensortap.store.verify import verify_run
+
+HELPER = Path(__file__).parent / "helpers" / "writer_race.py"
+TRIALS = 5
+
+
+def _spawn(run: Path, start: float, steps: int, sleep: float, overwrite: bool, ready: Path):
+    return subprocess.Popen([sys.executable, str(HELPER), str(run), str(start), str(steps), str(sleep),
+                             "1" if overwrite else "0", str(ready)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(p: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    _, err = p.communicate(timeout=timeout)
+    return p.returncode, err
+
+
+def _records(run: Path) -> int:
+    return len(tt.open(run))
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_two_captures_started_at_once_one_wins(tmp_path, overwrite):
+    for trial in range(TRIALS):
+        run = tmp_path / f"run{trial}"
+        start = time.time() + 3.0  # both processes have imported torch by then
+        procs = [_spawn(run, start, 20, 0.01, overwrite, tmp_path / f"ready{trial}-{i}") for i in range(2)]
+        results = [_wait(p) for p in procs]
+        codes = sorted(rc for rc, _ in results)
+        assert codes == [0, 3], (trial, results)
+        loser = next(err for rc, err in results if rc == 3)
+        assert "one writer" in loser and "Traceback" not in loser, loser
+        report = verify_run(run)
+        assert report.ok, report
+        # Exactly one capture's records: 20 forwards x (root + 3 modules) x (input + output).
+        assert _records(run) == 20 * 4 * 2
+
+
+def test_overwrite_of_a_run_being_written_is_refused(tmp_path):
+    for trial in range(3):
+        run = tmp_path / f"run{trial}"
+        ready = tmp_path / f"ready{trial}"
+        writer = _spawn(run, 0, 200, 0.02, False, ready)
+        deadline = time.time() + 60
+        while not ready.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the first capture never started"
+        rc, err = _wait(_spawn(run, 0, 5, 0.0, True, tmp_path / f"ready{trial}-b"))
+        assert rc == 3 and "still writing" in err and "one writer" in err, err
+        assert _wait(writer) == (0, "") or writer.returncode == 0
+        assert verify_run(run).ok and _records(run) == 200 * 4 * 2
+
+
+def test_a_killed_writer_leaves_a_stale_lock_that_the_next_writer_takes(tmp_path):
+    run = tmp_path / "run"
+    ready = tmp_path / "ready"
+    writer = _spawn(run, 0, 10_000, 0.02, False, ready)
+    deadline = time.time() + 60
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert runlock.writer_alive(run) == writer.pid
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(30)
+    assert (run / runlock.LOCK_NAME).exists() and runlock.writer_alive(run) is None
+    rc, err = _wait(_spawn(run, 0, 3, 0.0, True, tmp_path / "ready-b"))
+    assert rc == 0, err
+    assert verify_run(run).ok and _records(run) == 3 * 4 * 2
+
+
+def test_lock_rules_in_one_process(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = runlock.acquire(run)
+    assert runlock.writer_alive(run) == os.getpid()
+    with pytest.raises(ConfigError, match="one writer"):
+        runlock.acquire(run)
+    lock.release()
+    assert runlock.writer_alive(run) is None
+    again = runlock.acquire(run)
+    again.release()
+
+
+# -- filters that select nothing (issue #21, "silent nothing") -------------------------------
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from conftest import run_cli  # noqa: E402
+
+
+class _TwoLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(8, 8) for _ in range(2)])
+        self.lm_head = nn.Linear(8, 8)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(x)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"modules": ["doesnotexist"]}, "match no module of the model; its modules are named like"),
+    ({"modules": ["lm_head:x"]}, "match no module"),
+    ({"layers": [5]}, r"layers \[5\] do not exist: the model has layers 0-1"),
+])
+def test_filters_that_match_nothing_are_errors(tmp_path, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        with tt.capture(_TwoLayers(), tmp_path / "r", **kwargs):
+            pass
+    # Refused before anything was written: the same folder can be used right away.
+    with tt.capture(_TwoLayers(), tmp_path / "r", modules=["lm_head"]), torch.no_grad():
+        _TwoLayers()(torch.zeros(1, 8))
+
+
+def test_partly_unmatched_filters_and_unrun_steps_warn_or_fail_with_strict(tmp_path):
+    net = _TwoLayers()
+    with tt.capture(net, tmp_path / "w", modules=["lm_head", "nope"], steps=[0, 7]), torch.no_grad():
+        net(torch.zeros(1, 8))
+    warnings = tt.open(tmp_path / "w").warnings
+    assert any("'nope' matches no module" in w for w in warnings)
+    assert any("planned step(s) [7] never ran" in w for w in warnings)
+    with pytest.raises(ConfigError, match="strict capture: module filter 'nope'"):
+        with tt.capture(net, tmp_path / "s", modules=["lm_head", "nope"], strict=True):
+            pass
+    from tensortap.errors import TensortapError
+    with pytest.raises(TensortapError, match=r"planned step\(s\) \[7\] never ran"):
+        with tt.capture(net, tmp_path / "s2", modules=["lm_head"], steps=[7], strict=True), torch.no_grad():
+            net(torch.zeros(1, 8))
+
+
+def test_cli_reversed_step_range_and_unknown_module_exit_2(tiny_model_dir, tmp_path):
+    r = run_cli("capture", str(tiny_model_dir), "--out", str(tmp_path / "a"), "--steps", "3-1")
+    assert r.returncode == 2 and "range '3-1' is reversed" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("capture", str(tiny_model_dir), "--out", str(tmp_path / "b"), "--modules", "doesnotexist")
+    assert r.returncode == 2 and "match no module" in r.stderr and "Traceback" not in r.stderr
