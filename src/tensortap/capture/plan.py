@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from tensortap.capture.config import CaptureConfig
 from tensortap.errors import ConfigError
+from tensortap.store.format import MAX_NAME_CHARS
 
 _LAYER_RE = re.compile(r"(?:^|\.)layers?\.(\d+)(?:\.|$)")
 
@@ -38,7 +39,7 @@ def plan_modules(model: nn.Module, config: CaptureConfig) -> list[PlannedModule]
     layers = set(config.layers) if config.layers is not None else None
     planned = []
     for name, module in model.named_modules():
-        if not is_callable_module(module):
+        if not is_callable_module(module) or len(name) > MAX_NAME_CHARS:
             continue
         if layers is not None:
             idx = layer_index(name)
@@ -63,6 +64,7 @@ def check_plan(model: nn.Module, config: CaptureConfig, planned: list[PlannedMod
     that matched nothing while others did (an error with ``strict``).
     """
     names = [n for n, m in model.named_modules() if is_callable_module(m)]
+    long_names = [n for n in names if len(n) > MAX_NAME_CHARS]
     found_layers = sorted({i for i in map(layer_index, names) if i is not None})
     problems: list[str] = []
     if config.layers is not None:
@@ -83,6 +85,9 @@ def check_plan(model: nn.Module, config: CaptureConfig, planned: list[PlannedMod
             problems.append(f"module filter {f.pattern!r} matches no module of the model")
     if not planned:
         raise ConfigError("the filters (modules, layers) leave no module to capture")
+    if long_names:
+        problems.append(f"{len(long_names)} module(s) not captured: their names are longer than the "
+                        f"{MAX_NAME_CHARS} characters a run allows ({long_names[0][:60]!r}…)")
     if problems and config.strict:
         raise ConfigError("strict capture: " + "; ".join(problems))
     return problems

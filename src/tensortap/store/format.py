@@ -40,3 +40,20 @@ def list_rank_dirs(root: Path) -> list[tuple[int, Path]]:
         if m and child.is_dir():
             out.append((int(m.group(1)), child))
     return sorted(out)
+
+
+MAX_NAME_CHARS = 4096
+"""Longest module name, path or other string field a manifest line may hold. The writer
+never stores a longer one (capture does not plan such a module) and the reader rejects
+one, so both sides keep the same rule."""
+
+
+def string_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a manifest string field (None when it can)."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if "\x00" in value:
+        return "must not contain NUL"
+    if len(value) > MAX_NAME_CHARS:
+        return f"is {len(value)} characters long, over the {MAX_NAME_CHARS} a run allows"
+    return None

@@ -35,8 +35,9 @@ def _str(d: dict, key: str, optional: bool = False) -> str | None:
     v = d.get(key)
     if v is None and optional:
         return None
-    if not isinstance(v, str) or "\x00" in v or len(v) > 4096:
-        raise ValueError(f"field {key!r} must be a string without NUL, got {v!r:.80}")
+    why = fmt.string_problem(v)
+    if why is not None:
+        raise ValueError(f"field {key!r} {why}: {v!r:.80}")
     return v
 
 

@@ -1,4 +1,5 @@
-"""A run has exactly one writer (store/runlock.py): real processes, many trials."""
+"""Rules that keep runs trustworthy (issue #21): one writer per run (store/runlock.py, real
+processes, many trials), filters that select nothing are errors, one name-length rule."""
 
 from __future__ import annotations
 
@@ -150,3 +151,26 @@ def test_cli_reversed_step_range_and_unknown_module_exit_2(tiny_model_dir, tmp_p
     assert r.returncode == 2 and "range '3-1' is reversed" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("capture", str(tiny_model_dir), "--out", str(tmp_path / "b"), "--modules", "doesnotexist")
     assert r.returncode == 2 and "match no module" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_writer_and_reader_share_one_name_rule(tmp_path):
+    from tensortap.store.format import MAX_NAME_CHARS
+    from tensortap.store.verify import verify_run as verify
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ok = nn.Linear(4, 4)
+            self.add_module("x" * (MAX_NAME_CHARS + 904), nn.Linear(4, 4))
+
+        def forward(self, x):
+            return getattr(self, "x" * (MAX_NAME_CHARS + 904))(self.ok(x))
+
+    net = Net()
+    with tt.capture(net, tmp_path / "r"), torch.no_grad():
+        net(torch.zeros(2, 4))
+    run = tt.open(tmp_path / "r")
+    assert any("longer than the 4096 characters" in w for w in run.warnings)
+    assert verify(tmp_path / "r").ok
+    assert {r.module for r in run.records()} == {"", "ok"}
+    assert tt.diff(tmp_path / "r", tmp_path / "r").verdict == "agree"
