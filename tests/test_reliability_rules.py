@@ -3,6 +3,7 @@ processes, many trials), filters that select nothing are errors, one name-length
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -174,3 +175,66 @@ def test_writer_and_reader_share_one_name_rule(tmp_path):
     assert verify(tmp_path / "r").ok
     assert {r.module for r in run.records()} == {"", "ok"}
     assert tt.diff(tmp_path / "r", tmp_path / "r").verdict == "agree"
+
+
+# -- one line, never "internal error"; nothing hidden (issue #21) ----------------------------
+def test_read_only_output_folder_is_one_line(tiny_model_dir, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)], check=True)
+    try:
+        r = run_cli("capture", str(tiny_model_dir), "--out", str(ro / "run"))
+        assert r.returncode == 2, r.stderr
+        assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+        assert "Read-only file system" in r.stderr and str(ro / "run") in r.stderr
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+
+
+def test_localize_invalid_only_regex_is_one_line(tiny_model_dir, tmp_path):
+    r = run_cli("localize", str(tmp_path / "nope"), str(tiny_model_dir), "--only", "*x")
+    assert r.returncode == 2 and "internal error" not in r.stderr, r.stderr
+
+
+def _two_runs(tmp_path):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    for out, scale in ((a, 1.0), (b, 1.5)):
+        net = _TwoLayers()
+        torch.manual_seed(0)
+        for p in net.parameters():
+            torch.nn.init.normal_(p)
+        with torch.no_grad():
+            net.layers[1].weight.mul_(scale)
+        with tt.capture(net, out), torch.no_grad():
+            for _ in range(8):
+                net(torch.ones(3, 8))
+    return a, b
+
+
+def test_diff_limit_keeps_the_first_divergence_and_all_shows_everything(tmp_path):
+    a, b = _two_runs(tmp_path)
+    r = run_cli("diff", str(a), str(b), "--limit", "2")
+    assert r.returncode == 1 and "▶" in r.stdout, r.stdout
+    full = run_cli("diff", str(a), str(b), "--all", "--json")
+    rows = len(json.loads(full.stdout)["rows"])
+    shown = run_cli("diff", str(a), str(b), "--all", "--limit", "3")
+    assert rows > 30 and "more (--limit 0" not in shown.stdout and "pair(s) skipped" not in shown.stdout
+
+
+def test_diff_of_a_run_with_itself_warns(tmp_path):
+    a, _ = _two_runs(tmp_path)
+    rep = tt.diff(a, a)
+    assert rep.verdict == "agree" and any("is run A itself" in w for w in rep.warnings)
+
+
+def test_ls_json_of_a_damaged_run_says_what_is_wrong(tmp_path):
+    a, _ = _two_runs(tmp_path)
+    manifest = a / "rank-0" / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    lines[3] = '{"this is": "not a record"}'
+    manifest.write_text("\n".join(lines) + "\n")
+    r = run_cli("ls", str(a), "--json")
+    assert r.returncode == 1
+    assert isinstance(json.loads(r.stdout), list)
+    assert "problem:" in r.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from rich.markup import escape
 
@@ -30,7 +31,14 @@ def run(args) -> int:
     recs = r.records(module=args.module, step=args.step, role=args.role)
     if args.json:
         print(json.dumps([record_summary(x) for x in recs], indent=1))
-        return 0
+        # stdout stays the documented list of records; what is wrong with the run goes to
+        # stderr, and makes the exit code 1 (a broken line, an unreadable shard).
+        if r.status != "complete":
+            print(f"tensortap: note: run status {r.status}"
+                  + (f" ({one_line(r.reason)})" if r.reason else ""), file=sys.stderr)
+        for w in r.problems:
+            print(f"tensortap: problem: {one_line(w)}", file=sys.stderr)
+        return 1 if r.problems else 0
     shown = recs[: args.limit] if args.limit > 0 else recs
     # Paths, reasons and warnings come from the user or from run.json (possibly hostile):
     # escape rich markup and control characters before printing them.

@@ -65,6 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:
+        # The user's own paths: a read-only folder, no permission, a full disk. One line
+        # that names the path, like any other bad input.
+        if debug:
+            traceback.print_exc()
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"tensortap: error: cannot write or read{one_line(where)}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - last resort: still one line, exit 2
         if debug:
             traceback.print_exc()

@@ -85,6 +85,10 @@ def diff(
     policy = TolerancePolicy(atol=atol, rtol=rtol, overrides=tolerances)
     keep = only_filter(only)
     warnings = preflight(run_a, run_b, run_c, force)
+    same = [f"{what} is run A itself" for what, r in (("run B", run_b), ("the floor run", run_c))
+            if r is not None and _same_dir(run_a, r)]
+    if same:
+        warnings += [f"{s} ({run_a.path}): the comparison cannot find anything" for s in same]
     mapper: Mapping = resolve_mapping(mapping, run_a, run_b)
     items_a = [i for i in mapper.items(run_a, "a") if keep(i)]
     items_b = [i for i in mapper.items(run_b, "b") if keep(i)]
@@ -124,6 +128,13 @@ def diff(
             fd.token = token_info(run_a, r.step, r.rank, (r.worst_row[0], r.worst_row[1])) or {
                 "request": r.worst_row[0], "position": r.worst_row[1], "token_id": None, "text": None}
     return rep
+
+
+def _same_dir(a: Run, b: Run) -> bool:
+    try:
+        return Path(a.path).resolve() == Path(b.path).resolve()
+    except OSError:
+        return False
 
 
 def _ranges_read(pairing: Pairing, floor_items: dict[tuple, Item], ctx: PairContext) -> list[list[Range]]:

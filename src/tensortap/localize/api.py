@@ -104,7 +104,10 @@ def localize(
     if only:
         import re
 
-        pattern = re.compile(only)
+        try:
+            pattern = re.compile(only)
+        except (re.error, OverflowError, RecursionError) as e:
+            raise TensortapError(f"invalid --only regex {only!r} (only=): {e}") from None
         keep = lambda name: pattern.search(name) is not None  # noqa: E731
     rep_run = replay_run(model_b, ref, work / "replay", modules=keep, overwrite=True, progress=progress)
     skipped: dict[str, str] = dict((rep_run.info.get("replay") or {}).get("skipped") or {})

@@ -44,11 +44,16 @@ def select_rows(report: DiffReport, limit: int = 30, context: int = 3, show_all:
     return picked
 
 
-def limit_rows(rows: list[DiffRow], limit: int) -> tuple[list[DiffRow], int]:
-    """The first ``limit`` rows (0: all) and how many were left out."""
+def limit_rows(rows: list[DiffRow], limit: int, keep: int | None = None) -> tuple[list[DiffRow], int]:
+    """At most ``limit`` rows (0: all) and how many were left out. The row with index
+    ``keep`` (the first divergence) is always among them, with what little context fits."""
     if limit <= 0 or len(rows) <= limit:
         return rows, 0
-    return rows[:limit], len(rows) - limit
+    start = 0
+    pos = next((i for i, r in enumerate(rows) if r.index == keep), None) if keep is not None else None
+    if pos is not None and pos >= limit:
+        start = max(0, pos - min(3, limit - 1))
+    return rows[start:start + limit], len(rows) - limit
 
 
 def _name(r: DiffRow) -> str:
@@ -184,7 +189,8 @@ def growth_table(report: DiffReport, n: int) -> Table:
 def render(report: DiffReport, limit: int = 30, show_all: bool = False, top: int = 0) -> Group:
     """Everything ``tensortap diff`` prints: table, (top growth), notes, verdict."""
     picked = select_rows(report, limit=limit, show_all=show_all)
-    rows, more = limit_rows(picked, limit)
+    fd_row = report.first_divergence.row if report.first_divergence else None
+    rows, more = limit_rows(picked, 0 if show_all else limit, keep=fd_row)
     title = one_line(f"{report.run_a}  vs  {report.run_b}" + (f"  (floor {report.floor})" if report.floor else ""), 400)
     parts: list = [diff_table(report, rows, title=title, more=more)] if rows else []
     if top > 0 and report.top_growth:
