@@ -235,6 +235,6 @@ def test_ls_json_of_a_damaged_run_says_what_is_wrong(tmp_path):
     lines[3] = '{"this is": "not a record"}'
     manifest.write_text("\n".join(lines) + "\n")
     r = run_cli("ls", str(a), "--json")
-    assert r.returncode == 1
+    assert r.returncode == 0
     assert isinstance(json.loads(r.stdout), list)
     assert "problem:" in r.stderr
