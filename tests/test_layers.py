@@ -9,6 +9,7 @@ shrinks).
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -114,3 +115,18 @@ def test_import_tensortap_is_lazy_but_complete():
     assert r.returncode == 0, r.stderr
     before, ok, version = r.stdout.split()
     assert before == "False" and ok == "True" and version.count(".") == 2
+
+
+def test_cli_help_imports_neither_torch_nor_the_pipeline():
+    """`tensortap --help` and every command's --help only build the parser (issue #22)."""
+    code = ("import sys; from tensortap.cli.main import build_parser; build_parser(); "
+            "heavy = [m for m in ('torch', 'numpy', 'pydantic', 'tensortap.capture.session', "
+            "'tensortap.store.reader') if m in sys.modules]; print(heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
+    for cmd in ([], ["diff"], ["capture"], ["ls"]):
+        h = subprocess.run([sys.executable, "-X", "importtime", "-m", "tensortap.cli.main", *cmd, "--help"],
+                           capture_output=True, text=True, timeout=120)
+        assert h.returncode == 0 and "usage:" in h.stdout
+        assert not re.search(r"\|\s+torch$", h.stderr, re.M), cmd

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tensortap.capture.config import build_config
-from tensortap.capture.session import check_out_dir
 from tensortap.cli.common import add_command, console, parse_steps
 from tensortap.errors import TensortapError
 from tensortap.integrations.registry import ENGINES, capture_engines, capture_function, engine
@@ -44,6 +42,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from tensortap.capture.config import build_config
+    from tensortap.capture.session import check_out_dir
     if args.max_new_tokens < 1:
         raise TensortapError("--max-new-tokens must be >= 1")
     cfg = build_config(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from tensortap.cli.common import add_command, console
 from tensortap.cli.sources import add_open_options, open_source
-from tensortap.store.importers.base import ImportedRun
-from tensortap.store.importers.convert import convert_run
 
 
 def register(sub) -> None:
@@ -21,6 +19,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from tensortap.store.importers.base import ImportedRun
+    from tensortap.store.importers.convert import convert_run
     src = open_source(args.src, args)
     out = convert_run(src, args.dst, overwrite=args.overwrite)
     fmt = src.format_name if isinstance(src, ImportedRun) else "native"

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from tensortap.capture.config import build_config
 from tensortap.cli.common import EXIT_DIVERGED, EXIT_OK, add_command, console
 from tensortap.errors import one_line
 from tensortap.report.records import records_table
@@ -30,6 +29,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from tensortap.capture.config import build_config
     from tensortap.api import open as open_run
     from tensortap.compare.api import diff
     from tensortap.integrations.hf import capture_generate

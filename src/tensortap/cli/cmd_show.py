@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import torch
 from rich.panel import Panel
 from rich.text import Text
 
@@ -29,6 +28,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import torch
     r = open_source(args.run, args)
     recs = r.records(module=f"^{re.escape(args.module)}$", step=args.step, call=args.call, role=args.role)
     if args.path is not None:

@@ -6,7 +6,6 @@ import json
 
 from tensortap.cli.common import add_command
 from tensortap.errors import one_line
-from tensortap.store.verify import verify_run
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -27,6 +26,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from tensortap.store.verify import verify_run
     # verify_run raises RunFormatError (exit 2 via main) when RUN is not a readable run.
     res = verify_run(args.run)
     if args.json:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from tensortap.store.importers.detect import FORMATS as _FORMATS
-from tensortap.store.importers.detect import open_any
-from tensortap.store.reader import Run
+from typing import TYPE_CHECKING
+
+from tensortap.store.importers.names import FORMAT_NAMES as _FORMATS
+
+if TYPE_CHECKING:
+    from tensortap.store.reader import Run
 
 
 def add_open_options(p: argparse.ArgumentParser, suffixes: tuple[str, ...] = ("",)) -> None:
@@ -23,7 +26,9 @@ def add_open_options(p: argparse.ArgumentParser, suffixes: tuple[str, ...] = (""
                         "from a trusted source; by default only tensors and plain data load)")
 
 
-def open_source(path: str, args: argparse.Namespace, suffix: str = "") -> Run:
+def open_source(path: str, args: argparse.Namespace, suffix: str = "") -> "Run":
     """Open ``path`` as a run or a dump, honouring ``--format[suffix]`` and ``--trust-pickle``."""
+    from tensortap.store.importers.detect import open_any
+
     fmt = getattr(args, f"format{suffix.replace('-', '_')}", None)
     return open_any(path, format=fmt, trust_pickle=bool(getattr(args, "trust_pickle", False)))

@@ -9,8 +9,15 @@
 See docs/importers.md for the mapping of each layout onto records.
 """
 
-from tensortap.store.importers.base import ImportedRun
-from tensortap.store.importers.convert import convert_run
-from tensortap.store.importers.detect import FORMATS, detect_format, open_any
+from tensortap.lazy import lazy_getattr
 
 __all__ = ["ImportedRun", "FORMATS", "convert_run", "detect_format", "open_any"]
+
+# Loaded on first use: the CLI builds its parser from names.py without importing readers.
+__getattr__ = lazy_getattr(__name__, {
+    "ImportedRun": "tensortap.store.importers.base",
+    "convert_run": "tensortap.store.importers.convert",
+    "FORMATS": "tensortap.store.importers.detect",
+    "detect_format": "tensortap.store.importers.detect",
+    "open_any": "tensortap.store.importers.detect",
+})

@@ -15,6 +15,7 @@ from tensortap.errors import RunFormatError
 from tensortap.store import format as fmt
 from tensortap.store.importers import hf_debugger, pass_dump, sglang_dumper, vllm_il
 from tensortap.store.importers.base import ImportedRun
+from tensortap.store.importers.names import FORMAT_NAMES
 from tensortap.store.reader import Run
 
 IMPORTERS: dict[str, type[ImportedRun]] = {
@@ -25,6 +26,8 @@ IMPORTERS: dict[str, type[ImportedRun]] = {
 }
 FORMATS = ("native", *IMPORTERS)
 """Names accepted by ``--format`` / ``format=``."""
+if FORMATS != FORMAT_NAMES:  # names.py serves the CLI without importing the readers
+    raise ImportError(f"store/importers/names.py is out of date: {FORMAT_NAMES} != {FORMATS}")
 
 
 def detect_format(path: str | Path) -> str:
