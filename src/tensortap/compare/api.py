@@ -123,10 +123,10 @@ def diff(
     rep.top_growth = [growth_entry(r) for r in top_growth(rows, top, top_per)]
     fd = rep.first_divergence
     if fd is not None and fd.row is not None:
-        r = rows[fd.row]
-        if r.worst_row_is_token and r.worst_row and len(r.worst_row) == 2:
-            fd.token = token_info(run_a, r.step, r.rank, (r.worst_row[0], r.worst_row[1])) or {
-                "request": r.worst_row[0], "position": r.worst_row[1], "token_id": None, "text": None}
+        key = rows[fd.row].worst_token_key
+        if key is not None:
+            fd.token = token_info(run_a, fd.step, fd.rank, key) or {
+                "request": key[0], "position": key[1], "token_id": None, "text": None}
     return rep
 
 
@@ -238,11 +238,10 @@ def _divergence_message(r: DiffRow) -> str:
 
 def _worst_where(r: DiffRow) -> str:
     """``token (request 1, position 3)`` or ``row 7`` for the worst row of a pair."""
-    if not r.worst_row:
-        return "tensor"
-    if r.worst_row_is_token and len(r.worst_row) == 2:
-        return f"token (request {r.worst_row[0]}, position {r.worst_row[1]})"
-    return f"row {r.worst_row[0]}"
+    key = r.worst_token_key
+    if key is not None:
+        return f"token (request {key[0]}, position {key[1]})"
+    return f"row {r.worst_row[0]}" if r.worst_row else "tensor"
 
 
 def _limit_terms(r: DiffRow) -> str:

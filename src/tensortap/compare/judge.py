@@ -31,7 +31,6 @@ Feeds = Callable[[DiffRow], list[tuple]]
 """For mappings whose items are not module calls (anchors): the keys
 ``(rank, step, module, call, role, path)`` of the rows that feed a row."""
 
-_Key = tuple
 
 
 def _float_row(r: DiffRow) -> bool:
@@ -61,8 +60,6 @@ def _is_inside(parent: str, child: str) -> bool:
 
 class _State:
     def __init__(self) -> None:
-        self.err: dict[_Key, float] = {}
-        """Worst-token error of every judged row, by pair key."""
         self.earlier: dict[tuple, float] = defaultdict(float)
         """(rank, module, call, role, path) -> largest error at any earlier step."""
         self.upstream: dict[tuple[int, int], float] = defaultdict(float)
@@ -70,7 +67,7 @@ class _State:
         self.seen_step: set[tuple[int, int]] = set()
 
 
-def _key(r: DiffRow) -> _Key:
+def _key(r: DiffRow) -> tuple:
     return (r.rank, r.step, r.module, r.call, r.role, r.path)
 
 
@@ -160,7 +157,6 @@ def _judge_row(r: DiffRow, st: _State, inputs: dict, by_key: dict, feeds: Feeds 
     if in_rel:
         r.input_rel_l2 = max(in_rel)
     if not _float_row(r):
-        st.err[_key(r)] = 0.0
         return
     e_out, row = _worst_token(r)
     r.token_rel_l2 = e_out
@@ -173,8 +169,10 @@ def _judge_row(r: DiffRow, st: _State, inputs: dict, by_key: dict, feeds: Feeds 
         carried = top.token_rel_l2
         r.carried_from = ("inputs" if top.role == "input" else
                           "children" if top.module != r.module and _is_inside(r.module, top.module) else "feeds")
-        reduction = max(_width(s) for s in float_src if s.role == "input" or feeds is not None) \
-            if any(s.role == "input" or feeds is not None for s in float_src) else _width(r)
+        # The sums that produce this tensor run over its direct sources (inputs, feeds),
+        # not over a container's children.
+        direct = [s for s in float_src if s.role == "input" or not _is_inside(r.module, s.module)]
+        reduction = max((_width(s) for s in direct), default=_width(r))
     elif src:  # only integer inputs (token ids): exact unless they differ
         carried, r.carried_from, reduction = 0.0, "inputs", 1
     else:
@@ -194,7 +192,6 @@ def _judge_row(r: DiffRow, st: _State, inputs: dict, by_key: dict, feeds: Feeds 
     r.carried = carried
     st.seen_step.add((r.rank, r.step))
     st.upstream[(r.rank, r.step)] = max(st.upstream[(r.rank, r.step)], e_out)
-    st.err[_key(r)] = e_out
     if r.floor_k is not None:
         if r.input_rel_l2:
             r.amplification = r.rel_l2 / r.input_rel_l2

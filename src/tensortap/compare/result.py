@@ -113,6 +113,13 @@ class DiffRow:
         return f"{self.module or '<root>'}[{self.call}].{self.role}{p}@{self.step}"
 
     @property
+    def worst_token_key(self) -> tuple[int, int] | None:
+        """``(request, position)`` of the worst row when rows are tokens, else None."""
+        if self.worst_row_is_token and self.worst_row and len(self.worst_row) == 2:
+            return self.worst_row[0], self.worst_row[1]
+        return None
+
+    @property
     def failed(self) -> bool:
         return self.status in ("diverged", "mismatch")
 

@@ -100,11 +100,10 @@ def _origin(r: DiffRow) -> str:
 
 def _token(r: DiffRow) -> str:
     """The worst row: ``r1 p3`` (request 1, position 3), or ``#7`` when rows are not tokens."""
-    if not r.worst_row:
-        return "-"
-    if r.worst_row_is_token and len(r.worst_row) == 2:
-        return f"r{r.worst_row[0]} p{r.worst_row[1]}"
-    return f"#{r.worst_row[0]}"
+    key = r.worst_token_key
+    if key is not None:
+        return f"r{key[0]} p{key[1]}"
+    return f"#{r.worst_row[0]}" if r.worst_row else "-"
 
 
 def diff_table(report: DiffReport, rows: list[DiffRow], title: str | None = None, more: int = 0) -> Table:
