@@ -95,6 +95,13 @@ def test_a_planted_upward_import_is_caught(tmp_path):
     assert got == {("store/bad.py", "compare"), ("store/bad.py", "<root>"), ("kernels.py", "capture")}
 
 
+def _fresh_python(code: str, env: dict | None = None) -> str:
+    """stdout of ``code`` run in a new interpreter (which has imported nothing yet)."""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
 def test_importing_the_vllm_plugin_loads_nothing_heavy():
     """vLLM imports the plugin module in every process: it must cost (almost) nothing."""
     code = ("import sys, threading; import tensortap.integrations.vllm.plugin as p; p.register(); "
@@ -102,18 +109,14 @@ def test_importing_the_vllm_plugin_loads_nothing_heavy():
             "'tensortap.capture.pipeline', 'tensortap.store', 'tensortap.compare') if m in sys.modules]; "
             "print(heavy, threading.active_count())")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TENSORTAP_")}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[] 1", r.stdout
+    assert _fresh_python(code, env) == "[] 1"
 
 
 def test_import_tensortap_is_lazy_but_complete():
     code = ("import sys, tensortap as tt; before = 'torch' in sys.modules; "
             "names = [callable(tt.capture), callable(tt.open), callable(tt.diff), callable(tt.localize), "
             "callable(tt.bisect_compile)]; print(before, all(names), tt.__version__)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    before, ok, version = r.stdout.split()
+    before, ok, version = _fresh_python(code).split()
     assert before == "False" and ok == "True" and version.count(".") == 2
 
 
@@ -122,9 +125,7 @@ def test_cli_help_imports_neither_torch_nor_the_pipeline():
     code = ("import sys; from tensortap.cli.main import build_parser; build_parser(); "
             "heavy = [m for m in ('torch', 'numpy', 'pydantic', 'tensortap.capture.session', "
             "'tensortap.store.reader') if m in sys.modules]; print(heavy)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]", r.stdout
+    assert _fresh_python(code) == "[]"
     for cmd in ([], ["diff"], ["capture"], ["ls"]):
         h = subprocess.run([sys.executable, "-X", "importtime", "-m", "tensortap.cli.main", *cmd, "--help"],
                            capture_output=True, text=True, timeout=120)

@@ -41,13 +41,12 @@ class RowErrors:
     def __len__(self) -> int:
         return int(self.err.shape[0])
 
-    def rel(self, floor: float = 0.0) -> np.ndarray:
-        """Relative error per row; rows with ``||a_t|| <= floor`` count against ``floor``
-        (a row that is exactly zero in A and in B has error 0)."""
-        den = np.maximum(self.norm, floor)
+    def rel(self) -> np.ndarray:
+        """Relative error per row (a row that is zero in A has error 0 when B's is zero too,
+        else infinite)."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.where(den > 0, self.err / np.where(den > 0, den, 1.0), np.where(self.err > 0, np.inf, 0.0))
-        return out
+            return np.where(self.norm > 0, self.err / np.where(self.norm > 0, self.norm, 1.0),
+                            np.where(self.err > 0, np.inf, 0.0))
 
     def key(self, row: int) -> TokenKey | None:
         return self.keys[row] if self.keys is not None and 0 <= row < len(self.keys) else None
