@@ -6,7 +6,13 @@ import torch
 
 from tensortap.compare.anchors import row_keys_for_shape
 from tensortap.integrations.anchors.vocab import AnchorExpr, Ref, anchor_feeds, anchor_order_key
-from tensortap.integrations.anchors.vllm import shard_layout
+from tensortap.integrations.anchors.structure import model_dims
+from tensortap.integrations.anchors.vllm import shard_layout as _shard_layout
+
+
+def shard_layout(cfg, tp):
+    dims = model_dims(cfg)
+    return _shard_layout(dims, tp) if dims else None
 
 CFG = {"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 16, "hidden_size": 128,
        "intermediate_size": 256}
@@ -14,13 +20,13 @@ CFG = {"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 16, "hidd
 
 def test_shard_layout_splits_heads_and_replicates_kv():
     one = shard_layout(CFG, 1)
-    assert (one.q, one.kv, one.inter, one.all_ranks, one.kv_ranks) == (128, 32, 256, (0,), (0,))
+    assert (one.q, one.kv, one.all_ranks, one.kv_ranks) == (128, 32, (0,), (0,))
     two = shard_layout(CFG, 2)
-    assert (two.q, two.kv, two.inter) == (64, 16, 128) and two.kv_ranks == (0, 1)
+    assert (two.q, two.kv) == (64, 16) and two.kv_ranks == (0, 1)
     # 4 ranks, 2 KV heads: each KV head lives on 2 consecutive ranks; take each once.
     four = shard_layout(CFG, 4)
     assert (four.q, four.kv) == (32, 16) and four.kv_ranks == (0, 2)
-    assert shard_layout({"num_attention_heads": 2}, 1) is None
+    assert shard_layout({"num_attention_heads": 2}, 1) is None   # no hidden size
 
 
 def test_unsharding_math_reassembles_qkv_from_rank_pieces():
@@ -69,3 +75,32 @@ def test_feeds_and_order():
         "embed", "layers.0.q", "layers.0.resid_post", "layers.1.q", "final_norm", "logits"]
     e = AnchorExpr((Ref("m", "output", "0"),), 0, 4, ranks=(0, 1))
     assert "concat over ranks [0, 1]" in e.describe()
+
+
+def test_family_structure_feeds_and_identities():
+    from tensortap.integrations.anchors.vocab import identity_rules
+    gemma = {f"layers.0.{x}" for x in ("resid_pre", "attn_out", "attn_post_norm", "resid_mid",
+                                        "mlp_out", "mlp_post_norm", "resid_post", "up", "down")}
+    assert anchor_feeds("layers.0.resid_mid", [0], gemma) == ["layers.0.resid_pre", "layers.0.attn_post_norm"]
+    assert anchor_feeds("layers.0.down", [0], gemma) == ["layers.0.up"]          # GPT-2: no gate
+    assert identity_rules(0, gemma)[1] == ("layers.0.resid_post", ("layers.0.resid_mid", "layers.0.mlp_post_norm"))
+    neox = {f"layers.0.{x}" for x in ("resid_pre", "attn_out", "mlp_in", "mlp_out", "resid_post")}
+    assert identity_rules(0, neox, parallel_residual=True) == [
+        ("layers.0.resid_post", ("layers.0.resid_pre", "layers.0.attn_out", "layers.0.mlp_out"))]
+    assert anchor_feeds("layers.0.mlp_in", [0], neox, True) == ["layers.0.resid_pre"]
+
+
+def test_row_keys_for_flattened_and_leading_one_tensors():
+    hf = {"batch_shape": [2, 3], "request": [0, 0, 0, -1, 1, 1], "position": [0, 1, 2, -1, 0, 1]}
+    assert row_keys_for_shape(hf, (6, 4), "tokens")[0] == 6              # router logits [B*S, E]
+    flat = {"batch_shape": [5], "request": [0, 0, 0, 1, 1], "position": [0, 1, 2, 0, 1]}
+    assert row_keys_for_shape(flat, (1, 5, 8), "tokens")[0] == 5         # vLLM Transformers backend
+
+
+def test_expression_ops_interleave_transpose_softcap():
+    from tensortap.integrations.anchors.structure import interleaved_qkv
+    e = AnchorExpr((Ref("m", "output", ""),), heads_first=True, softcap=30.0, scale=2.0, cols=(0, 2))
+    assert e.shape_of((2, 4, 7, 64)) == (2, 7, 4, 64) and e.width(64) == 2
+    assert "softcap 30" in e.describe() and "interleaved" in e.describe()
+    assert interleaved_qkv({"model_type": "gpt_neox"}, "gpt_neox.layers.0.attention.query_key_value")
+    assert not interleaved_qkv({"model_type": "gpt2"}, "transformer.h.0.attn.c_attn")

@@ -34,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
                    help="vLLM only: tensor-parallel ranks (each writes rank-<r>/; on CPU also set "
                         "VLLM_CPU_OMP_THREADS_BIND, e.g. '0|1')")
+    p.add_argument("--model-impl", choices=["auto", "vllm", "transformers"], default=None,
+                   help="vLLM only: the model implementation (transformers: vLLM's Transformers "
+                        "backend, transformers module names inside vLLM)")
     p.add_argument("--strict", action="store_true", default=None,
                    help="error if a planned module never fired")
     p.add_argument("--overwrite", action="store_true", default=None,
@@ -63,6 +66,11 @@ def run(args) -> int:
             able = [n for n, e in ENGINES.items() if "tensor_parallel_size" in e.capture_options]
             raise TensortapError(f"--tensor-parallel-size needs --engine {' or '.join(able) or '(none)'}")
         extra["tensor_parallel_size"] = args.tensor_parallel_size
+    if args.model_impl is not None:
+        if "model_impl" not in adapter.capture_options:
+            able = [n for n, e in ENGINES.items() if "model_impl" in e.capture_options]
+            raise TensortapError(f"--model-impl needs --engine {' or '.join(able) or '(none)'}")
+        extra["model_impl"] = args.model_impl
     capture_generate = capture_function(args.engine)
     result = capture_generate(args.model_dir, cfg, prompts=args.prompts,
                               max_new_tokens=args.max_new_tokens, dtype=args.dtype, **extra)

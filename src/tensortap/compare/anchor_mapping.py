@@ -37,17 +37,16 @@ class _Side:
         rec = self.index.get(step, expr.terms[0])
         if rec is None or rec.shape is None:
             return None
-        named = row_keys_for_shape(self.run.tokens(step), tuple(rec.shape), expr.rows)
+        named = row_keys_for_shape(self.run.tokens(step), expr.shape_of(rec.shape), expr.rows)
         return named[1] if named else None
 
     def features(self, step: int, expr: AnchorExpr) -> int:
         rec = self.index.get(step, expr.terms[0])
-        named = row_keys_for_shape(self.run.tokens(step), tuple(rec.shape), expr.rows)
-        per_row = math.prod(rec.shape) // max(named[0], 1) if named else rec.shape[-1]
-        if expr.start is not None or expr.stop is not None:
-            width = rec.shape[-1]
-            lo, hi, _ = slice(expr.start, expr.stop).indices(width)
-            per_row = per_row // width * (hi - lo)
+        shape = expr.shape_of(rec.shape)
+        named = row_keys_for_shape(self.run.tokens(step), shape, expr.rows)
+        per_row = math.prod(shape) // max(named[0], 1) if named else shape[-1]
+        width = shape[-1]
+        per_row = per_row // width * expr.width(width)
         return per_row * len(expr.ranks)
 
 
@@ -61,6 +60,8 @@ class AnchorMapping:
         self.notes: list[str] = []
         self._plan: dict[tuple[int, str], list[TokenKey]] = {}
         self._where_b: dict[tuple[str, str], dict[TokenKey, int]] = {}
+        self._present: set[str] | None = None
+        self._layers: list[int] = []
         self._build()
 
     # -- planning ---------------------------------------------------------------------
@@ -87,6 +88,10 @@ class AnchorMapping:
         if extra:
             self.notes.append(f"{_absent(a)} in {a.engine}: {', '.join(extra[:12])}")
         for side in (a, b):
+            if side.set.points and not any(x.startswith("layers.") for x in side.set.anchors()):
+                self.notes.append(f"no anchor adapter for the layers of {side.engine} model type "
+                                  f"{side.set.family or '?'!r}: only embed/final_norm/logits are "
+                                  "anchored (pass --map FILE, or --map none for raw names)")
             for why in side.set.unavailable.items():
                 self.notes.append(f"not available in {side.engine}: {why[0]} ({why[1]})")
         dropped = 0
@@ -113,10 +118,29 @@ class AnchorMapping:
                 self.notes.append(f"identity check failed in {side.engine}: {worst.identity} at step "
                                   f"{worst.step} (rel err {worst.rel_err:.2e}); its anchors may be mislabeled")
 
+    def pairs_anything(self) -> bool:
+        """Whether any anchor of A has tokens that B computed too."""
+        return bool(self._plan)
+
+    def why_empty(self) -> str:
+        """Why no anchor paired (for the fall-back note)."""
+        a, b = self.sides["a"], self.sides["b"]
+        for side, what in ((a, "A"), (b, "B")):
+            if not side.set.points:
+                fam = side.set.family or "unknown model type"
+                return f"no decoder structure recognised in run {what} ({side.engine}, {fam})"
+            if not any(side.run.tokens(s) for s in side.set.steps()):
+                return f"run {what} has no token table to line tokens up"
+        return "the runs share no token (different prompts?)"
+
     def feeds(self, row) -> list[tuple]:
         """Keys of the anchor rows this row is computed from (for amplification)."""
-        layers = sorted({int(a.split(".")[1]) for _, a in self._plan if a.startswith("layers.")})
-        return [(row.rank, row.step, name, 0, "output", "") for name in anchor_feeds(row.module, layers)]
+        if self._present is None:
+            self._present = {a for _, a in self._plan}
+            self._layers = sorted({int(a.split(".")[1]) for a in self._present if a.startswith("layers.")})
+        parallel = self.sides["a"].set.parallel_residual
+        return [(row.rank, row.step, name, 0, "output", "")
+                for name in anchor_feeds(row.module, self._layers, self._present, parallel)]
 
     def identity_checks(self) -> list:
         """All checked identities of both runs (for reports)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tensortap.integrations.anchors.vocab import AnchorExpr, AnchorSet, RecordIndex
+from tensortap.integrations.anchors.vocab import AnchorExpr, AnchorSet, RecordIndex, identity_rules
 from tensortap.store.reader import Run
 
 
@@ -27,10 +27,19 @@ def evaluate(index: RecordIndex, step: int, expr: AnchorExpr) -> torch.Tensor | 
                 return None
             t = index.run.load(rec).to(torch.float64)
             total = t if total is None else total + t
-        if expr.start is not None or expr.stop is not None:
+        if expr.heads_first and total.dim() == 4:
+            total = total.transpose(1, 2)
+        if expr.cols is not None:
+            total = total[..., list(expr.cols)]
+        elif expr.start is not None or expr.stop is not None:
             total = total[..., expr.start:expr.stop]
         pieces.append(total)
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+    out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+    if expr.scale is not None:
+        out = out * expr.scale
+    if expr.softcap is not None:
+        out = torch.tanh(out / expr.softcap) * expr.softcap
+    return out
 
 
 TokenKey = tuple[int, int]
@@ -61,6 +70,10 @@ def row_keys_for_shape(table: dict | None, shape: tuple[int, ...], rows: str
         return len(last), list(last.items())
     if list(shape[: len(batch)]) == batch:
         return len(keys), keys
+    if len(shape) > len(batch) and shape[0] == 1 and list(shape[1:1 + len(batch)]) == batch:
+        return len(keys), keys              # vLLM's Transformers backend: [1, tokens, hidden]
+    if len(batch) > 1 and len(shape) >= 2 and shape[0] == len(keys):
+        return len(keys), keys              # tokens flattened to one dim (MoE routers, experts)
     if len(batch) == 2 and len(shape) >= 3 and shape[0] == batch[0] and shape[1] < batch[1]:
         k = shape[1]
         cols = [keys[b * batch[1] + c] for b in range(batch[0]) for c in range(batch[1] - k, batch[1])]
@@ -123,25 +136,27 @@ def identity_tolerance(dtype: str | None) -> float:
 
 
 def check_identities(index: RecordIndex, set_: AnchorSet, tol: float | None = None) -> list[IdentityCheck]:
-    """Verify the residual-stream identities on one run's own records (``tol``: by dtype)."""
-    rules: list[tuple[str, str, str]] = []
-    layers = sorted({int(a.split(".")[1]) for _, a in set_.points if a.startswith("layers.")})
-    for i in layers:
-        p = f"layers.{i}."
-        rules.append((p + "resid_mid", p + "resid_pre", p + "attn_out"))
-        rules.append((p + "resid_post", p + "resid_mid", p + "mlp_out"))
+    """Verify the residual-stream identities on one run's own records (``tol``: by dtype).
+
+    Which identities a layer has follows its structure (vocab.identity_rules): Gemma's
+    residual adds the post-norms, a parallel-residual layer adds attention and MLP to the
+    same input.
+    """
+    present = {a for _, a in set_.points}
+    layers = sorted({int(a.split(".")[1]) for a in present if a.startswith("layers.")})
+    rules = [r for i in layers for r in identity_rules(i, present, set_.parallel_residual)]
     out = []
     for step in set_.steps():
-        for total, a, b in rules:
-            exprs = [set_.points.get((step, n)) for n in (total, a, b)]
+        for total, terms in rules:
+            exprs = [set_.points.get((step, n)) for n in (total, *terms)]
             if any(e is None for e in exprs):
                 continue
             ts = [evaluate(index, step, e) for e in exprs]
-            if any(t is None for t in ts) or ts[0].shape != ts[1].shape or ts[1].shape != ts[2].shape:
+            if any(t is None for t in ts) or any(t.shape != ts[0].shape for t in ts):
                 continue
             denom = float(ts[0].norm()) or 1.0
-            err = float((ts[0] - ts[1] - ts[2]).norm()) / denom
+            err = float((ts[0] - sum(ts[1:])).norm()) / denom
             rec = index.get(step, exprs[0].terms[0])
             limit = tol if tol is not None else identity_tolerance(rec.dtype if rec else None)
-            out.append(IdentityCheck(set_.engine, f"{total} == {a} + {b}", step, err, err <= limit))
+            out.append(IdentityCheck(set_.engine, f"{total} == {' + '.join(terms)}", step, err, err <= limit))
     return out

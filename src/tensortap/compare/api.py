@@ -93,7 +93,7 @@ def diff(
     items_a = [i for i in mapper.items(run_a, "a") if keep(i)]
     items_b = [i for i in mapper.items(run_b, "b") if keep(i)]
     pairing = pair_items(items_a, items_b)
-    _check_pairs(pairing, run_a, run_b, only)
+    _check_pairs(pairing, run_a, run_b, only, getattr(mapper, "name", type(mapper).__name__))
     floor_items: dict[tuple, Item] = {}
     if run_c is not None:
         for it in sorted((i for i in mapper.items(run_c, "floor") if keep(i)), key=lambda i: i.order):
@@ -158,22 +158,22 @@ def _ranges_read(pairing: Pairing, floor_items: dict[tuple, Item], ctx: PairCont
     return groups
 
 
-def _check_pairs(pairing: Pairing, run_a: Run, run_b: Run, only: str | None) -> None:
+def _check_pairs(pairing: Pairing, run_a: Run, run_b: Run, only: str | None, tried: str = "none") -> None:
     if pairing.pairs:
         return
     if only and (pairing.count_a == 0 or pairing.count_b == 0):
         raise TensortapError(f"no records match --only {only!r} in run {'A' if pairing.count_a == 0 else 'B'}")
     if pairing.count_a == 0 or pairing.count_b == 0:
         empty = run_a if pairing.count_a == 0 else run_b
-        raise TensortapError(f"{empty.path}: run has no records to compare"
+        raise TensortapError(f"{empty.path}: run has no records to compare (mapping tried: {tried})"
                              + (f" (status {empty.status}: {one_line(empty.reason or '', 200)})"
                                 if empty.status != "complete" else ""))
     ma = sorted({u.module for u in pairing.unmatched if u.side == "a"})[:3]
     mb = sorted({u.module for u in pairing.unmatched if u.side == "b"})[:3]
     raise TensortapError(
         f"no common records: run A has {pairing.count_a} (modules such as {', '.join(map(repr, ma))}), "
-        f"run B has {pairing.count_b} (such as {', '.join(map(repr, mb))}); if the names differ, "
-        "pass --map FILE with rename rules")
+        f"run B has {pairing.count_b} (such as {', '.join(map(repr, mb))}) under mapping {tried!r}; "
+        "if the names differ, pass --map FILE with rename rules")
 
 
 def _first_divergence(rows: list[DiffRow], unmatched: list[Unmatched], strict: bool) -> Divergence | None:

@@ -106,9 +106,12 @@ def raw_key(rec: Record) -> PairKey:
 
 
 class IdentityMapping:
-    """Raw record keys, unchanged."""
+    """Raw record keys, unchanged. ``notes`` say why ``auto`` chose raw names, if it did."""
 
     name = "none"
+
+    def __init__(self, notes: list[str] | None = None) -> None:
+        self.notes: list[str] = list(notes or [])
 
     def items(self, run: Run, side: str) -> Iterator[Item]:
         for rec in run.records():
@@ -252,10 +255,17 @@ def resolve_mapping(spec: Any, run_a: Run, run_b: Run) -> Mapping:
         if has_anchors(ea) and has_anchors(eb):
             from tensortap.compare.anchor_mapping import AnchorMapping  # imports this module
 
-            return AnchorMapping(run_a, run_b)
-        raise TensortapError(
-            f"runs come from different engines ({ea} vs {eb}) and no automatic mapping between "
-            f"them is available; pass --map FILE with rename rules, or --map none to pair raw names")
+            anchored = AnchorMapping(run_a, run_b)
+            if anchored.pairs_anything():
+                return anchored
+            why = f"the {ea}/{eb} anchors paired nothing ({anchored.why_empty()})"
+        else:
+            missing = ea if not has_anchors(ea) else eb
+            why = f"no anchor adapter for engine {missing!r}"
+        # Raw names are the better guess than nothing: dumps written with the other
+        # engine's module names (vLLM's Transformers backend) pair by them directly.
+        return IdentityMapping([f"{why}; comparing raw module names (pass --map FILE with "
+                                f"rename rules to pair them differently)"])
     if spec == "none":
         return IdentityMapping()
     if isinstance(spec, (dict, list)):

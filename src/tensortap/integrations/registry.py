@@ -74,7 +74,7 @@ register_engine(EngineAdapter(
     "vllm", anchors="tensortap.integrations.anchors.vllm:anchor_set",
     logits_modules=("logits_processor", "lm_head"),
     capture="tensortap.integrations.vllm.offline:capture_generate",
-    capture_options=("tensor_parallel_size",),
+    capture_options=("tensor_parallel_size", "model_impl"),
     summary="vLLM (offline LLM.generate; serve through the plugin)"))
 
 

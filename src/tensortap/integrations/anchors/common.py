@@ -1,34 +1,13 @@
-"""Helpers shared by the anchor adapters: layer discovery and record look-ups."""
+"""Helpers shared by the anchor adapters: record look-ups and the run's model config."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from tensortap.integrations.anchors.vocab import Ref, RecordIndex
 from tensortap.store.reader import Run
-
-_LAYER = re.compile(r"^(?P<base>.*?)\.?layers\.(?P<idx>\d+)$")
-
-
-def decoder_layers(index: RecordIndex) -> dict[int, str]:
-    """Layer index -> qualified name, from the modules that have records."""
-    found: dict[int, str] = {}
-    mods = {k[1] for k in index.by_key}
-    for m in mods:
-        mm = _LAYER.match(m)
-        if mm:
-            found[int(mm.group("idx"))] = m
-    # A module is only a layer if something also lives under it or it has records itself.
-    return dict(sorted(found.items()))
-
-
-def model_base(layer_name: str) -> str:
-    """``model.layers.3`` -> ``model`` (where embed_tokens and norm live)."""
-    return layer_name.rsplit(".layers.", 1)[0] if ".layers." in layer_name else ""
-
 
 def first_ref(index: RecordIndex, step: int, module: str, role: str, paths: tuple[str, ...]) -> Ref | None:
     """The first of ``paths`` that has data for ``module``/``role`` at ``step``."""
@@ -56,4 +35,5 @@ def model_config(run: Run) -> dict[str, Any]:
 
 
 def steps_of(index: RecordIndex) -> list[int]:
+    """The steps that have records."""
     return sorted({k[0] for k in index.by_key})

@@ -55,7 +55,15 @@ def load_llm(model_dir: str | Path, dtype: str | None = None, **llm_kwargs: Any)
                               "enable_prefix_caching": False, "seed": 0, "dtype": dtype or "auto"}
     kwargs.update(llm_kwargs)
     with _engine_core_in_process():
-        return LLM(**kwargs)
+        try:
+            return LLM(**kwargs)
+        except (ValueError, KeyError, NotImplementedError, OSError) as e:
+            # vLLM rejects a folder it cannot run (unknown architecture, missing or
+            # mismatched weights, unsupported feature on this platform) with these: bad
+            # input, not a tensortap bug, so one line.
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise TensortapError(f"{path}: vLLM cannot load the model ({type(e).__name__}: "
+                                 f"{first[:300]})") from e
 
 
 def capture_generate(
@@ -67,6 +75,7 @@ def capture_generate(
     llm: Any = None,
     llm_kwargs: dict[str, Any] | None = None,
     tensor_parallel_size: int | None = None,
+    model_impl: str | None = None,
 ) -> dict[str, Any]:
     """Run greedy generation of ``prompts`` in vLLM under capture.
 
@@ -74,10 +83,13 @@ def capture_generate(
     prompt (new tokens only) and the run directory. Pass ``llm`` to reuse an engine, or
     ``llm_kwargs`` (e.g. ``{"tensor_parallel_size": 2, "max_model_len": 512}``) to shape
     the one built here; an engine built here is shut down before returning.
-    ``tensor_parallel_size`` is a shorthand for that key of ``llm_kwargs``.
+    ``tensor_parallel_size`` and ``model_impl`` (``"transformers"``: vLLM's Transformers
+    backend) are shorthands for those keys of ``llm_kwargs``.
     """
     if tensor_parallel_size is not None:
         llm_kwargs = {**(llm_kwargs or {}), "tensor_parallel_size": tensor_parallel_size}
+    if model_impl is not None:
+        llm_kwargs = {**(llm_kwargs or {}), "model_impl": model_impl}
     from vllm import SamplingParams
 
     prompts = list(prompts or DEFAULT_PROMPTS)

@@ -101,6 +101,15 @@ def is_refusal(err: TensortapError) -> bool:
     return TRUST_FLAG in str(err)
 
 
+def problem_text(err: TensortapError) -> str:
+    """What a problem line says about a file that could not be read: a refusal names
+    the flag first, so shortening the line never drops it."""
+    if is_refusal(err):
+        return (f"refused to unpickle (loading it would run code; pass {TRUST_FLAG} if you trust "
+                f"the file): {err}")
+    return str(err)
+
+
 class ImportedRun(Run):
     """A dump written by another tool, read in place as a ``Run``.
 
@@ -229,9 +238,10 @@ class ImportedRun(Run):
         try:
             t = self._fetch(f.source)
         except TensortapError as e:
-            if is_refusal(e):
-                raise  # the user must decide; never a silently missing record
-            return self._damaged_record(base, f, extra, str(e))
+            # A refused pickle (it would run code) is listed as a problem naming
+            # --trust-pickle, like a damaged file: the rest of the dump stays readable,
+            # and the record stays visible, without data.
+            return self._damaged_record(base, f, extra, problem_text(e))
         if not isinstance(t, torch.Tensor):
             if t is None or isinstance(t, (bool, int, float, str, list, tuple)):
                 return Record(kind="value", value=json_value(t), extra=extra, **base)

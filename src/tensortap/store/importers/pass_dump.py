@@ -31,7 +31,7 @@ from typing import Any, Iterable
 import torch
 
 from tensortap.errors import RunFormatError, TensortapError, one_line
-from tensortap.store.importers.base import Found, ImportedRun, Source, is_refusal, listdir
+from tensortap.store.importers.base import Found, ImportedRun, Source, problem_text, listdir
 from tensortap.store.importers.tokens import token_table
 
 RANK_DIR = re.compile(r"^TP(?P<tp>\d+)_PP(?P<pp>\d+)_Rank(?P<rank>\d+)_pid(?P<pid>\d+)$")
@@ -90,8 +90,6 @@ class PassDumpRun(ImportedRun):
                 try:
                     obj = self._fetch(Source(files[0][1]))
                 except TensortapError as e:
-                    if is_refusal(e):
-                        raise
                     return "vllm-debug-tensor-dump"  # the scan reports the damaged file
                 if isinstance(obj, dict) and any(str(k).endswith(_FBI + "seq_lens") for k in obj):
                     return "sglang-tensor-dump"
@@ -128,10 +126,8 @@ class PassDumpRun(ImportedRun):
             try:
                 obj = self._fetch(Source(rel))
             except TensortapError as e:  # a damaged pass must not hide the others
-                if is_refusal(e):
-                    raise
                 self._damaged += 1
-                self.problems.append(one_line(f"{self.path / rel}: {e}", 400))
+                self.problems.append(one_line(f"{self.path / rel}: {problem_text(e)}", 400))
                 continue
             if not isinstance(obj, dict):
                 self._damaged += 1

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 import torch
 
 from tensortap.errors import RunFormatError, TensortapError, one_line
-from tensortap.store.importers.base import Found, ImportedRun, Source, flatten_loaded, is_refusal, listdir
+from tensortap.store.importers.base import Found, ImportedRun, Source, problem_text, flatten_loaded, listdir
 from tensortap.store.importers.tokens import token_table
 
 _PREFIX = "non_intrusive__"
@@ -97,10 +97,8 @@ class SglangDumperRun(ImportedRun):
             try:
                 obj = self._fetch(Source(fname))
             except TensortapError as e:
-                if is_refusal(e):
-                    raise
                 self._damaged += 1
-                self.problems.append(one_line(f"{self.path / fname}: {e}", 400))
+                self.problems.append(one_line(f"{self.path / fname}: {problem_text(e)}", 400))
                 continue
             wrapped = isinstance(obj, dict) and "value" in obj
             value = obj["value"] if wrapped else obj

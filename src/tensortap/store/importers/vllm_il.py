@@ -158,8 +158,13 @@ class VllmIntermediateRun(ImportedRun):
         if isinstance(structure, dict) and "skipped" in structure:
             emit((), structure)  # a lone tensor over max_tensor_size: the stub replaced outputs.json
         elif structure is not None:
+            leaves = list(_leaves(structure))
+            if pts and not any(_is_tensor_node(leaf) for _, leaf in leaves):
+                # A sidecar in a form this reader does not know, beside the tensors it
+                # describes: read the tensors by their file names instead.
+                leaves = []
             # Inputs are always a tuple of positional arguments; outputs may be a lone tensor.
-            for comps, leaf in _leaves(structure):
+            for comps, leaf in leaves:
                 emit(comps, leaf)
         # Files the structure did not describe (it lists 20 items at most, or is missing).
         for f in sorted(pts - used, key=natural_key):
@@ -212,8 +217,15 @@ def _read_json(p: Path) -> Any:
 
 
 def _is_tensor_node(x: Any) -> bool:
-    return isinstance(x, dict) and x.get("type") in ("tensor", "tensor_error") or (
-        isinstance(x, dict) and "skipped" in x)
+    """A structure leaf describing a tensor. Writers differ (vLLM's ``{"type": "tensor"}``,
+    others ``{"type": "torch.Tensor"}`` or just ``{"shape", "dtype"}``): a sidecar is the
+    metadata of its tensor, never a record of its own."""
+    if not isinstance(x, dict):
+        return False
+    kind = x.get("type")
+    return (kind in ("tensor", "tensor_error") or "skipped" in x
+            or (isinstance(kind, str) and kind.lower().endswith("tensor"))
+            or ("shape" in x and "dtype" in x))
 
 
 def _leaves(node: Any, comps: tuple = (), depth: int = 0):
@@ -225,6 +237,10 @@ def _leaves(node: Any, comps: tuple = (), depth: int = 0):
         if isinstance(n, int):
             items = items[:n]  # vLLM samples tensor[:100] although it says 20
         for i, v in enumerate(items):
+            yield from _leaves(v, comps + (i,), depth + 1)
+        return
+    if isinstance(node, list) and depth < 16:
+        for i, v in enumerate(node):  # a plain JSON list of the items
             yield from _leaves(v, comps + (i,), depth + 1)
         return
     if isinstance(node, dict) and node.get("type") == "dict" and depth < 16:
