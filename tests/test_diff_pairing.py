@@ -115,7 +115,9 @@ def test_rule_file_errors_are_config_errors(tmp_path):
         rules_from({"rules": [{"match": "a", "replace": "b", "side": "c"}]})
 
 
-def test_different_engines_need_a_map(plain, tmp_path):
+def test_engine_without_adapter_compares_raw_names_and_says_so(plain, tmp_path):
+    """An engine with no anchor adapter: one clear line and a raw-name diff (issue 19),
+    never an empty result or an error."""
     other = tmp_path / "other"
     import shutil
 
@@ -123,8 +125,10 @@ def test_different_engines_need_a_map(plain, tmp_path):
     info = json.loads((other / "run.json").read_text())
     info["engine"] = {"name": "some-engine"}
     (other / "run.json").write_text(json.dumps(info))
-    with pytest.raises(TensortapError, match="different engines"):
-        tt.diff(plain["a"], other)
+    rep = tt.diff(plain["a"], other)
+    assert rep.verdict == "agree" and rep.rows
+    assert any("no anchor adapter for engine 'some-engine'" in w and "--map FILE" in w
+               for w in rep.warnings), rep.warnings
     assert tt.diff(plain["a"], other, mapping="none").verdict == "agree"
 
 
