@@ -33,3 +33,15 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
         [sys.executable, "-m", "tensortap.cli.main", *args],
         capture_output=True, text=True, env=full_env, timeout=timeout,
     )
+
+
+def capture_cli(engine: str, model, out, prompts: list[str], max_new_tokens: int, *extra: str,
+                env: dict | None = None) -> str:
+    """``tensortap capture`` of ``model`` on ``prompts`` in a subprocess; asserts success."""
+    args = ["capture", str(model), "--engine", engine, "--out", str(out),
+            "--max-new-tokens", str(max_new_tokens)]
+    for p in prompts:
+        args += ["--prompt", p]
+    r = run_cli(*args, *extra, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return str(out)

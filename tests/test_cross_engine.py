@@ -9,7 +9,7 @@ import pytest
 import tensortap as tt
 from tensortap.compare.mapping import resolve_mapping
 from tensortap.testing import tiny_llama
-from conftest import run_cli
+from conftest import capture_cli, run_cli
 
 pytestmark = pytest.mark.vllm
 
@@ -18,12 +18,7 @@ VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
 def _capture(engine: str, model, out, *extra: str) -> str:
-    args = ["capture", str(model), "--engine", engine, "--out", str(out), "--max-new-tokens", "3"]
-    for p in PROMPTS:
-        args += ["--prompt", p]
-    r = run_cli(*args, *extra, env=VLLM_ENV, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return str(out)
+    return capture_cli(engine, model, out, PROMPTS, 3, *extra, env=VLLM_ENV)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import tensortap as tt
 from tensortap.compare.mapping import resolve_mapping
 from tensortap.testing.families import tiny_model
-from conftest import run_cli
+from conftest import capture_cli
 
 pytestmark = pytest.mark.vllm
 
@@ -38,12 +38,7 @@ COMMON = ("resid_pre", "attn_in", "q", "k", "v", "o", "attn_out", "mlp_in", "mlp
 
 
 def _capture(engine: str, model, out, *extra: str) -> str:
-    args = ["capture", str(model), "--engine", engine, "--out", str(out), "--max-new-tokens", "2"]
-    for p in PROMPTS:
-        args += ["--prompt", p]
-    r = run_cli(*args, *extra, env=ENV, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return str(out)
+    return capture_cli(engine, model, out, PROMPTS, 2, *extra, env=ENV)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

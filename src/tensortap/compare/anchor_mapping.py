@@ -60,9 +60,9 @@ class AnchorMapping:
         self.notes: list[str] = []
         self._plan: dict[tuple[int, str], list[TokenKey]] = {}
         self._where_b: dict[tuple[str, str], dict[TokenKey, int]] = {}
-        self._present: set[str] | None = None
-        self._layers: list[int] = []
         self._build()
+        self._present = {a for _, a in self._plan}
+        self._layers = sorted({int(a.split(".")[1]) for a in self._present if a.startswith("layers.")})
 
     # -- planning ---------------------------------------------------------------------
     def _b_locations(self, anchor: str) -> dict[TokenKey, int]:
@@ -135,9 +135,6 @@ class AnchorMapping:
 
     def feeds(self, row) -> list[tuple]:
         """Keys of the anchor rows this row is computed from (for amplification)."""
-        if self._present is None:
-            self._present = {a for _, a in self._plan}
-            self._layers = sorted({int(a.split(".")[1]) for a in self._present if a.startswith("layers.")})
         parallel = self.sides["a"].set.parallel_residual
         return [(row.rank, row.step, name, 0, "output", "")
                 for name in anchor_feeds(row.module, self._layers, self._present, parallel)]

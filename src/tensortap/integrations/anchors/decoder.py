@@ -107,6 +107,8 @@ def decoder_anchor_set(run: Run, index: RecordIndex, engine: str,
     if dims is None and any(p.qkv for p in parts.values()):
         out.unavailable["layers.*.q/k/v"] = "model config (head counts) not recorded in run.json"
     heads_first: dict[str, bool] = {}
+    embed_mod, norm_mod = child(mods, base, EMBED), child(mods, base, FINAL_NORM)
+    head_mod = child(mods, "", LM_HEAD) or child(mods, base, LM_HEAD)
     for step in steps_of(index):
         at = _Step(index, step)
 
@@ -119,15 +121,15 @@ def decoder_anchor_set(run: Run, index: RecordIndex, engine: str,
             ref = at.ref(module, role, paths)
             return AnchorExpr((ref,), **kw) if ref else None
 
-        emb = one(child(mods, base, EMBED))
+        emb = one(embed_mod)
         if emb is not None and not embed_normalized and out.family in GEMMA_TYPES and dims:
             rec = index.get(step, emb.terms[0])
             emb = AnchorExpr(emb.terms, scale=_dtype_round(dims.hidden ** 0.5, rec.dtype if rec else None))
         put("embed", emb)
         for i, p in parts.items():
             _layer(at, put, one, f"layers.{i}.", p, dims, tp, cfg, out.parallel_residual, heads_first)
-        put("final_norm", one(child(mods, base, FINAL_NORM)))
-        put("logits", _logits(at, mods, base, cfg))
+        put("final_norm", one(norm_mod))
+        put("logits", _logits(at, mods, head_mod, cfg))
     return out
 
 
@@ -215,11 +217,10 @@ def _heads_first(at: _Step, ref: Ref, dims: Dims | None, memo: dict[str, bool]) 
     return memo.get(ref.module, False)
 
 
-def _logits(at: _Step, mods: set[str], base: str, cfg: dict) -> AnchorExpr | None:
+def _logits(at: _Step, mods: set[str], head: str | None, cfg: dict) -> AnchorExpr | None:
     ref = at.ref("logits_processor" if "logits_processor" in mods else None, "output", ("",))
     if ref is not None:
         return AnchorExpr((ref,), rows="last")
-    head = child(mods, "", LM_HEAD) or child(mods, base, LM_HEAD)
     ref = at.ref(head, "output", ("", "0"))
     if ref is None:
         return None
